@@ -1,0 +1,251 @@
+"""The one door to symmetric and hybrid crypto: HPKE key wrapping and the chunked AEAD stream.
+
+* **Data-key wrapping**: HPKE (RFC 9180) base mode, DHKEM(P-256, HKDF-SHA256) / HKDF-SHA256 /
+  AES-256-GCM, through ``cryptography``'s :class:`hpke.Suite`. When the recipient's private key
+  lives in a PKCS#11 token, the Diffie-Hellman step runs *in the token*
+  (:meth:`RecipientKey.exchange`) and the rest of the RFC 9180 receiver (KEM ``ExtractAndExpand``,
+  key schedule, AEAD open) runs here with ``cryptography``'s HKDF/HMAC/AES-GCM. A test checks
+  that this path opens what ``hpke.Suite.encrypt`` sealed, byte for byte the same key.
+* **Payload stream**: AES-256-GCM per chunk; the 96-bit nonce is the chunk index (88 bits) and a
+  last-chunk flag (8 bits), the associated data is the SHA-256 of the signed manifest. Reordered,
+  dropped, duplicated or spliced chunks and truncation all fail authentication (the STREAM
+  construction of Hoang, Reyhanitabar, Rogaway and Vizár).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from edgepkg.errors import (
+    BadSignatureError,
+    KeyError_,
+    NotARecipientError,
+    TamperedError,
+    TruncatedError,
+)
+from edgepkg.keys._types import PublicKey, RecipientKey
+
+DATA_KEY_BYTES = 32
+TAG_BYTES = 16
+HPKE_SUITE_NAME = "DHKEM(P-256,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"
+AEAD_NAME = "AES-256-GCM/STREAM"
+_SUITE = Suite(KEM.P256, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+
+# RFC 9180 identifiers for the suite above.
+_KEM_ID, _KDF_ID, _AEAD_ID = 0x0010, 0x0001, 0x0002
+_NENC = 65  # uncompressed P-256 point
+_NSECRET, _NK, _NN = 32, 32, 12
+_MAX_CHUNK_INDEX = (1 << 88) - 1
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def public_key_id(public_key: PublicKey) -> str:
+    """Hex SHA-256 of the DER SubjectPublicKeyInfo: the key id used everywhere in edgepkg."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def signing_algorithm(public_key: PublicKey) -> str:
+    """The edgepkg name of the signature scheme a public key verifies ('' if unsupported)."""
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        return "ecdsa-p256-sha256"
+    return ""
+
+
+def new_data_key() -> bytes:
+    return os.urandom(DATA_KEY_BYTES)
+
+
+def verify_signature(public_key: PublicKey, signature: bytes, data: bytes) -> None:
+    """Verify an Ed25519 or ECDSA-P256-SHA256 (DER) signature; raise BadSignatureError."""
+    try:
+        if isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, data)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            if not isinstance(public_key.curve, ec.SECP256R1):
+                raise BadSignatureError(f"unsupported signing curve {public_key.curve.name}")
+            public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        else:
+            raise BadSignatureError(f"unsupported signing key type {type(public_key).__name__}")
+    except InvalidSignature:
+        raise BadSignatureError("signature does not verify with the signer's public key") from None
+    except ValueError as exc:  # malformed DER signature
+        raise BadSignatureError(f"malformed signature: {exc}") from None
+
+
+# --- HPKE data-key wrapping ------------------------------------------------------------------
+
+
+def wrap_data_key(data_key: bytes, recipient: ec.EllipticCurvePublicKey, info: bytes) -> bytes:
+    """HPKE-seal ``data_key`` to a P-256 recipient; returns ``enc || ciphertext``."""
+    if not isinstance(recipient, ec.EllipticCurvePublicKey) or not isinstance(
+        recipient.curve, ec.SECP256R1
+    ):
+        raise KeyError_("recipient keys must be P-256 public keys (so a TPM/HSM can hold them)")
+    return _SUITE.encrypt(data_key, recipient, info=info)
+
+
+def unwrap_data_key(wrapped: bytes, key: RecipientKey, info: bytes) -> bytes:
+    """Open an HPKE-wrapped data key with ``key``; raise NotARecipientError if it does not open."""
+    if len(wrapped) != _NENC + DATA_KEY_BYTES + TAG_BYTES:
+        raise TamperedError("wrapped data key has the wrong length")
+    private = key.software_private_key()
+    try:
+        if private is not None:
+            data_key = _SUITE.decrypt(wrapped, private, info=info)
+        else:
+            data_key = _hpke_open_with_exchange(wrapped, key, info)
+    except (InvalidTag, ValueError):
+        raise NotARecipientError(
+            f"the data key wrapped for key {key.key_id[:16]}… does not open with that key "
+            "(wrong key, or the wrapped key or manifest was modified)"
+        ) from None
+    if len(data_key) != DATA_KEY_BYTES:
+        raise TamperedError("unwrapped data key has the wrong length")
+    return data_key
+
+
+def _labeled_extract(suite_id: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
+    h = hmac.HMAC(salt or b"\x00" * 32, hashes.SHA256())
+    h.update(b"HPKE-v1" + suite_id + label + ikm)
+    return h.finalize()
+
+
+def _labeled_expand(suite_id: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
+    labeled_info = length.to_bytes(2, "big") + b"HPKE-v1" + suite_id + label + info
+    return HKDFExpand(hashes.SHA256(), length, labeled_info).derive(prk)
+
+
+def _hpke_open_with_exchange(wrapped: bytes, key: RecipientKey, info: bytes) -> bytes:
+    """RFC 9180 base-mode single-shot open where DH(skR, pkE) is done by ``key.exchange``."""
+    enc, ciphertext = wrapped[:_NENC], wrapped[_NENC:]
+    peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), enc)
+    dh = key.exchange(peer)
+    pk_rm = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    kem_suite = b"KEM" + _KEM_ID.to_bytes(2, "big")
+    eae_prk = _labeled_extract(kem_suite, b"", b"eae_prk", dh)
+    shared_secret = _labeled_expand(kem_suite, eae_prk, b"shared_secret", enc + pk_rm, _NSECRET)
+
+    hpke_suite = b"HPKE" + b"".join(i.to_bytes(2, "big") for i in (_KEM_ID, _KDF_ID, _AEAD_ID))
+    psk_id_hash = _labeled_extract(hpke_suite, b"", b"psk_id_hash", b"")
+    info_hash = _labeled_extract(hpke_suite, b"", b"info_hash", info)
+    context = b"\x00" + psk_id_hash + info_hash
+    secret = _labeled_extract(hpke_suite, shared_secret, b"secret", b"")
+    aead_key = _labeled_expand(hpke_suite, secret, b"key", context, _NK)
+    base_nonce = _labeled_expand(hpke_suite, secret, b"base_nonce", context, _NN)
+    return AESGCM(aead_key).decrypt(base_nonce, ciphertext, b"")
+
+
+# --- chunked AEAD stream ---------------------------------------------------------------------
+
+
+def _chunk_nonce(index: int, last: bool) -> bytes:
+    if index > _MAX_CHUNK_INDEX:
+        raise TamperedError("too many chunks")
+    return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def seal_chunks(data_key: bytes, chunks: Iterable[bytes], aad: bytes) -> Iterator[bytes]:
+    """Encrypt plaintext chunks; the last one (looked ahead) gets the last-chunk flag.
+
+    An empty input still yields one (empty) last chunk, so an empty stream is authenticated too.
+    """
+    aead = AESGCM(data_key)
+    index = 0
+    pending: bytes | None = None
+    for chunk in chunks:
+        if pending is not None:
+            yield aead.encrypt(_chunk_nonce(index, False), pending, aad)
+            index += 1
+        pending = bytes(chunk)
+    yield aead.encrypt(_chunk_nonce(index, True), pending or b"", aad)
+
+
+def open_chunks(
+    data_key: bytes,
+    read: Callable[[int], bytes],
+    chunk_size: int,
+    aad: bytes,
+    *,
+    expected_length: int | None = None,
+) -> Iterator[bytes]:
+    """Decrypt a stream written by :func:`seal_chunks` with plaintext chunks of ``chunk_size``.
+
+    ``read(n)`` returns up to ``n`` bytes (``b""`` at end). Every chunk is authenticated before
+    its plaintext is yielded; the stream must end exactly after the chunk flagged last.
+    ``expected_length`` (the ciphertext length, when the container records it) only sharpens the
+    error: a stream that ends early is reported as truncated rather than tampered.
+    Raises TamperedError (modified, reordered, spliced) or TruncatedError (cut short).
+    """
+    aead = AESGCM(data_key)
+    full = chunk_size + TAG_BYTES
+    index = 0
+    consumed = 0
+    current = _read_exact(read, full)
+    while True:
+        consumed += len(current)
+        if not current:
+            raise TruncatedError(f"payload ends before its last chunk (after {index} chunks)")
+        nxt = b"" if len(current) < full else _read_exact(read, full)
+        last = not nxt
+        try:
+            plain = aead.decrypt(_chunk_nonce(index, last), current, aad)
+        except InvalidTag:
+            short = last and expected_length is not None and consumed < expected_length
+            raise _classify_chunk_failure(aead, index, last, current, aad, short) from None
+        yield plain
+        if last:
+            if expected_length is not None and consumed != expected_length:
+                raise TamperedError("payload length does not match the bundle header")
+            return
+        index += 1
+        current = nxt
+
+
+def _classify_chunk_failure(
+    aead: AESGCM, index: int, last: bool, data: bytes, aad: bytes, short: bool
+) -> Exception:
+    if short:
+        return TruncatedError(f"payload ends early, inside or after chunk {index}")
+    if last:
+        # A chunk that authenticates as *not* last, followed by end of file: cut at a boundary.
+        try:
+            aead.decrypt(_chunk_nonce(index, False), data, aad)
+        except InvalidTag:
+            pass
+        else:
+            return TruncatedError(f"payload was cut after chunk {index}: the last chunk is missing")
+    return TamperedError(
+        f"payload chunk {index} failed authentication (modified, reordered or from another bundle)"
+    )
+
+
+def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
+    parts: list[bytes] = []
+    remaining = n
+    while remaining:
+        block = read(remaining)
+        if not block:
+            break
+        parts.append(block)
+        remaining -= len(block)
+    return b"".join(parts)
