@@ -21,6 +21,7 @@ from ._ops import (
     revoke,
     rotate,
 )
+from ._publish import PublishedTarget, PublishRefusedError, PublishResult, publish
 from ._read import ReleaseTarget, list_releases, status, target_file, targets_version
 
 __all__ = [
@@ -28,6 +29,9 @@ __all__ = [
     "REFRESH_OK",
     "REFRESH_WARNING",
     "InitResult",
+    "PublishRefusedError",
+    "PublishResult",
+    "PublishedTarget",
     "RefreshResult",
     "ReleaseTarget",
     "RepoConfig",
@@ -36,6 +40,7 @@ __all__ = [
     "init_repo",
     "list_releases",
     "load_config",
+    "publish",
     "refresh",
     "revoke",
     "rotate",
