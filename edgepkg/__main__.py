@@ -1,0 +1,5 @@
+import sys
+
+from edgepkg.cli import main
+
+sys.exit(main())
