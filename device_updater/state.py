@@ -1,0 +1,626 @@
+"""The persisted update state machine (DESIGN §4) and its start-up recovery.
+
+    IDLE -> DOWNLOADING -> VERIFYING -> INSTALLING -> VALIDATING -> SWITCHING -> TRIAL -> COMMITTED
+    exits: REJECTED (before the switch), ROLLED_BACK (after it, or by the operator)
+
+*Persist before acting*: the daemon saves the state that names an action (``StateStore.save``:
+temp, fsync, rename, fsync dir) and only then does it. :func:`transition` is pure and refuses
+illegal moves; :func:`recovery_action` is pure and says, for every persisted phase, what start-up
+does; :func:`run_recovery` is the thin I/O step that applies it to a :class:`SlotStore`.
+
+Recovery rules (``recovery_action``):
+
+============  ==================================================================================
+IDLE          nothing (but an active slot that fails its check is replaced by an intact other)
+DOWNLOADING   resume (partial downloads are the fetcher's; a stray partial slot is discarded)
+VERIFYING     resume (re-verify the downloaded bundle)
+INSTALLING    discard the inactive slot's partial work, resume installing
+VALIDATING    slot complete: resume validating; otherwise discard it and go back to INSTALLING
+SWITCHING     pointer already on the new slot: enter TRIAL; new slot intact: resume the switch;
+              otherwise REJECTED (old slot stays active)
+TRIAL         roll back (point at the previous slot, ROLLED_BACK) — the trial was not committed;
+              if there is no previous model to return to, the trial resumes
+COMMITTED     make sure the committed slot is the active one
+REJECTED /    make sure ``expected_active`` is the active slot, discard the bad candidate slot
+ROLLED_BACK
+============  ==================================================================================
+
+Crash-loop cap: every recovery of an in-progress update counts a restart and every transition
+counts; past ``Limits.max_restarts`` / ``Limits.max_transitions`` the target is given up
+(REJECTED before the switch, ROLLED_BACK after it) with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from device_updater._fsutil import atomic_write_json, read_limited
+from device_updater.errors import (
+    CorruptStateError,
+    IllegalTransitionError,
+    StateError,
+    UntrustedDeviceInputError,
+)
+from device_updater.slots import ModelSummary, SlotStore, SlotsView, other_slot
+
+log = logging.getLogger(__name__)
+
+STATE_SCHEMA = 1
+MAX_STATE_BYTES = 256 * 1024
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    INSTALLING = "installing"
+    VALIDATING = "validating"
+    SWITCHING = "switching"
+    TRIAL = "trial"
+    COMMITTED = "committed"
+    REJECTED = "rejected"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def terminal(self) -> bool:
+        """No update in progress (IDLE or an outcome)."""
+        return self in _TERMINAL
+
+    @property
+    def before_switch(self) -> bool:
+        """An update is in progress and the active slot has not been touched."""
+        return self in _PRE_SWITCH
+
+
+_TERMINAL = frozenset({Phase.IDLE, Phase.COMMITTED, Phase.REJECTED, Phase.ROLLED_BACK})
+_PRE_SWITCH = frozenset(
+    {Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING, Phase.VALIDATING}
+)
+_NEXT = {
+    Phase.DOWNLOADING: Phase.VERIFYING,
+    Phase.VERIFYING: Phase.INSTALLING,
+    Phase.INSTALLING: Phase.VALIDATING,
+    Phase.VALIDATING: Phase.SWITCHING,
+    Phase.SWITCHING: Phase.TRIAL,
+    Phase.TRIAL: Phase.COMMITTED,
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that stop retry storms and crash loops."""
+
+    max_attempts: int = 5  # Retry events for one target (download/verify/install failures)
+    max_restarts: int = 3  # start-up recoveries while one target is in progress
+    max_transitions: int = 64  # transitions for one target
+
+
+@dataclass(frozen=True)
+class UpdateState:
+    """Everything start-up needs to know about the update in progress (or the last outcome).
+
+    Times are UNIX seconds (float) from the caller's clock. ``candidate`` is the signed summary
+    of the model being installed; ``slot`` the slot it is written to; ``expected_active`` the
+    slot that must be active in an outcome phase (recovery enforces it).
+    """
+
+    phase: Phase = Phase.IDLE
+    model: str | None = None
+    version: str | None = None
+    target: str | None = None  # TUF target name of the full bundle
+    delta_target: str | None = None  # TUF target name of the delta bundle, if one is used
+    rollout_id: str | None = None
+    allow_downgrade: bool = False
+    candidate: ModelSummary | None = None
+    slot: str | None = None
+    expected_active: str | None = None
+    attempts: int = 0
+    restarts: int = 0
+    transitions: int = 0
+    trial_started_at: float | None = None
+    trial_inferences: int = 0
+    reason: str | None = None
+    updated_at: float = 0.0
+    last_outcome: dict[str, Any] | None = None
+    schema: int = STATE_SCHEMA
+
+    # --- JSON ----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["phase"] = self.phase.value
+        d["candidate"] = self.candidate.to_dict() if self.candidate else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UpdateState:
+        """Parse a persisted state; raise :class:`CorruptStateError` on anything malformed."""
+        try:
+            if not isinstance(data, Mapping):
+                raise TypeError("not an object")
+            if data.get("schema") != STATE_SCHEMA:
+                raise ValueError(f"unsupported state schema {data.get('schema')!r}")
+            known = {f.name for f in dataclasses.fields(cls)}
+            kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+            kwargs["phase"] = Phase(data["phase"])
+            if kwargs.get("candidate") is not None:
+                kwargs["candidate"] = ModelSummary.from_mapping(kwargs["candidate"])
+            state = cls(**kwargs)
+            _check_types(state)
+            return state
+        except (KeyError, TypeError, ValueError, StateError, UntrustedDeviceInputError) as exc:
+            raise CorruptStateError(f"state is malformed: {exc}") from None
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=1).encode()
+
+
+def _check_types(s: UpdateState) -> None:
+    for name in ("model", "version", "target", "delta_target", "rollout_id", "reason"):
+        v = getattr(s, name)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"{name} must be a string")
+    for name in ("slot", "expected_active"):
+        v = getattr(s, name)
+        if v is not None and v not in ("a", "b"):
+            raise ValueError(f"{name} must be 'a' or 'b'")
+    for name in ("attempts", "restarts", "transitions", "trial_inferences"):
+        v = getattr(s, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer")
+    if not isinstance(s.allow_downgrade, bool):
+        raise TypeError("allow_downgrade must be a boolean")
+    if not isinstance(s.updated_at, int | float):
+        raise TypeError("updated_at must be a number")
+    if s.trial_started_at is not None and not isinstance(s.trial_started_at, int | float):
+        raise ValueError("trial_started_at must be a number")
+    if s.last_outcome is not None and not isinstance(s.last_outcome, dict):
+        raise ValueError("last_outcome must be an object")
+    if not s.phase.terminal and s.phase is not Phase.DOWNLOADING and s.model is None:
+        raise ValueError(f"phase {s.phase} needs a model")
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """Begin installing an assignment: IDLE/COMMITTED/REJECTED/ROLLED_BACK -> DOWNLOADING."""
+
+    model: str
+    version: str
+    target: str
+    delta_target: str | None = None
+    rollout_id: str | None = None
+    allow_downgrade: bool = False
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """DOWNLOADING -> VERIFYING; ``candidate`` from the TUF target's signed ``custom`` if known."""
+
+    candidate: ModelSummary | None = None
+
+
+@dataclass(frozen=True)
+class Verified:
+    """VERIFYING -> INSTALLING into ``slot`` (the inactive one); ``candidate`` from the verified
+    bundle manifest (``ModelSummary.from_mapping(manifest.summary())``), with its policy."""
+
+    candidate: ModelSummary
+    slot: str
+
+
+@dataclass(frozen=True)
+class Installed:
+    """INSTALLING -> VALIDATING (the slot writer committed)."""
+
+
+@dataclass(frozen=True)
+class Validated:
+    """VALIDATING -> SWITCHING (the holdout policy accepted the candidate)."""
+
+    details: str | None = None
+
+
+@dataclass(frozen=True)
+class Switched:
+    """SWITCHING -> TRIAL (the pointer names the new slot); the trial starts at ``now``."""
+
+
+@dataclass(frozen=True)
+class TrialProgress:
+    """TRIAL -> TRIAL: record the inferences counted so far."""
+
+    inferences: int
+
+
+@dataclass(frozen=True)
+class Committed:
+    """TRIAL -> COMMITTED."""
+
+    details: str | None = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Stay in the current in-progress phase after a transient failure; counts an attempt.
+
+    Past ``Limits.max_attempts`` the target is given up instead (REJECTED / ROLLED_BACK).
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Give up the target before the switch: DOWNLOADING..SWITCHING -> REJECTED.
+
+    The old slot stays active (``expected_active``); the daemon then discards ``slot``.
+    ``active`` names the slot that is active now (needed when the state does not know it).
+    """
+
+    reason: str
+    active: str | None = None
+
+
+@dataclass(frozen=True)
+class RollBack:
+    """Point back at the previous slot: SWITCHING/TRIAL -> ROLLED_BACK (automatic), or from
+    IDLE/COMMITTED/ROLLED_BACK when ``manual`` (operator ``edge-updater rollback``).
+
+    ``active`` is the slot active now; the state records ``expected_active = other(active)``.
+    For an automatic rollback the abandoned slot is the candidate and gets discarded; for a
+    manual one nothing is discarded (both versions are kept).
+    """
+
+    reason: str
+    active: str
+    manual: bool = False
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Outcome -> IDLE, remembering the outcome in ``last_outcome``."""
+
+
+Event = (
+    Start | Downloaded | Verified | Installed | Validated | Switched | TrialProgress | Committed
+    | Retry | Reject | RollBack | Reset
+)
+
+
+def _outcome(s: UpdateState) -> dict[str, Any] | None:
+    if s.phase is Phase.IDLE or s.model is None:
+        return s.last_outcome
+    return {"phase": s.phase.value, "model": s.model, "version": s.version,
+            "reason": s.reason, "at": s.updated_at}
+
+
+def _illegal(s: UpdateState, event: Event) -> IllegalTransitionError:
+    return IllegalTransitionError(
+        f"{type(event).__name__} is not allowed in phase {s.phase.value}"
+        + (f" (installing {s.model} {s.version})" if not s.phase.terminal else "")
+    )
+
+
+def _give_up(s: UpdateState, reason: str, now: float) -> UpdateState:
+    """The target is abandoned: REJECTED before the switch, ROLLED_BACK after it."""
+    if s.phase in (Phase.TRIAL, Phase.SWITCHING) and s.slot is not None:
+        # After (or possibly after) the switch: return to the other slot.
+        return replace(s, phase=Phase.ROLLED_BACK, reason=reason, updated_at=now,
+                       expected_active=other_slot(s.slot), transitions=s.transitions + 1)
+    return replace(s, phase=Phase.REJECTED, reason=reason, updated_at=now,
+                   expected_active=other_slot(s.slot) if s.slot else s.expected_active,
+                   transitions=s.transitions + 1)
+
+
+def transition(state: UpdateState, event: Event, now: float,
+               limits: Limits = Limits()) -> UpdateState:
+    """The next state for ``event`` (pure). Raises :class:`IllegalTransitionError`."""
+    s = state
+    bump: dict[str, Any] = {"transitions": s.transitions + 1, "updated_at": now}
+    match event:
+        case Start():
+            if not s.phase.terminal:
+                raise _illegal(s, event)
+            new = UpdateState(
+                phase=Phase.DOWNLOADING, model=event.model, version=event.version,
+                target=event.target, delta_target=event.delta_target,
+                rollout_id=event.rollout_id, allow_downgrade=event.allow_downgrade,
+                transitions=1, updated_at=now, last_outcome=_outcome(s),
+            )
+            return new
+        case Downloaded():
+            if s.phase is not Phase.DOWNLOADING:
+                raise _illegal(s, event)
+            new = replace(s, phase=Phase.VERIFYING, candidate=event.candidate or s.candidate,
+                          attempts=0, **bump)
+        case Verified():
+            if s.phase is not Phase.VERIFYING:
+                raise _illegal(s, event)
+            other_slot(event.slot)
+            if event.candidate.name != s.model or event.candidate.version != s.version:
+                raise IllegalTransitionError(
+                    f"verified bundle is {event.candidate.name} {event.candidate.version}, "
+                    f"expected {s.model} {s.version}")
+            new = replace(s, phase=Phase.INSTALLING, candidate=event.candidate, slot=event.slot,
+                          attempts=0, **bump)
+        case Installed() | Validated() | Switched() | Committed():
+            want = {Installed: Phase.INSTALLING, Validated: Phase.VALIDATING,
+                    Switched: Phase.SWITCHING, Committed: Phase.TRIAL}[type(event)]
+            if s.phase is not want:
+                raise _illegal(s, event)
+            extra: dict[str, Any] = {}
+            if isinstance(event, Switched):
+                extra = {"trial_started_at": now, "trial_inferences": 0}
+            if isinstance(event, Committed):
+                extra = {"expected_active": s.slot, "reason": event.details}
+            new = replace(s, phase=_NEXT[s.phase], attempts=0, **extra, **bump)
+        case TrialProgress():
+            if s.phase is not Phase.TRIAL or event.inferences < 0:
+                raise _illegal(s, event)
+            return replace(s, trial_inferences=event.inferences, updated_at=now)
+        case Retry():
+            if s.phase.terminal:
+                raise _illegal(s, event)
+            if s.attempts + 1 > limits.max_attempts:
+                return _give_up(s, f"gave up after {s.attempts + 1} attempts: {event.reason}",
+                                now)
+            new = replace(s, attempts=s.attempts + 1, reason=event.reason, **bump)
+        case Reject():
+            if not (s.phase.before_switch or s.phase is Phase.SWITCHING):
+                raise _illegal(s, event)
+            expected = event.active or (other_slot(s.slot) if s.slot else None)
+            return replace(s, phase=Phase.REJECTED, reason=event.reason,
+                           expected_active=expected, **bump)
+        case RollBack():
+            other_slot(event.active)
+            if event.manual:
+                if s.phase not in (Phase.IDLE, Phase.COMMITTED, Phase.ROLLED_BACK,
+                                   Phase.REJECTED):
+                    raise _illegal(s, event)
+                return replace(s, phase=Phase.ROLLED_BACK, reason=event.reason, slot=None,
+                               expected_active=other_slot(event.active),
+                               last_outcome=_outcome(s), **bump)
+            if s.phase not in (Phase.SWITCHING, Phase.TRIAL):
+                raise _illegal(s, event)
+            return replace(s, phase=Phase.ROLLED_BACK, reason=event.reason,
+                           expected_active=other_slot(event.active)
+                           if event.active == s.slot else event.active, **bump)
+        case Reset():
+            if not s.phase.terminal:
+                raise _illegal(s, event)
+            return UpdateState(updated_at=now, last_outcome=_outcome(s))
+        case _:
+            raise IllegalTransitionError(f"unknown event {event!r}")
+    if not new.phase.terminal and new.transitions > limits.max_transitions:
+        return _give_up(s, f"crash loop: more than {limits.max_transitions} transitions "
+                        f"for {s.model} {s.version}", now)
+    return new
+
+
+# --- recovery --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveryAction:
+    """What start-up does, in this order: save ``state`` (if ``save``), point at ``activate``,
+    discard slot ``discard`` (never the active one); then, if ``resume``, the daemon continues
+    the update from ``state.phase``."""
+
+    state: UpdateState
+    save: bool = False
+    discard: str | None = None
+    activate: str | None = None
+    resume: bool = False
+    reason: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def recovery_action(state: UpdateState, slots: SlotsView, now: float,
+                    limits: Limits = Limits()) -> RecoveryAction:
+    """Decide start-up recovery for the persisted ``state`` given the slots (pure)."""
+    s = state
+    active = slots.active
+    cand = s.slot
+
+    def fix_active(expected: str | None, bad: str | None) -> str | None:
+        """The slot to point at so that an intact model is active (None: pointer is fine)."""
+        for name in (expected, active, other_slot(active) if active else None, "a", "b"):
+            if name is not None and name != bad and slots.intact(name):
+                return None if name == active else name
+        return None
+
+    # --- outcomes --------------------------------------------------------------------------
+    if s.phase.terminal:
+        bad = cand if s.phase in (Phase.REJECTED, Phase.ROLLED_BACK) else None
+        expected = s.expected_active
+        if s.phase is Phase.COMMITTED:
+            expected = expected or cand
+        activate = fix_active(expected, bad)
+        final_active = activate or active
+        discard = None
+        if bad is not None and bad != final_active and (
+            slots.complete(bad) or slots.slots[bad].partial
+        ):
+            discard = bad
+        if activate is None and discard is None:
+            return RecoveryAction(state=s, reason="nothing to do")
+        return RecoveryAction(
+            state=s, discard=discard, activate=activate,
+            reason=f"{s.phase.value}: " + ", ".join(
+                ([f"point at slot {activate}"] if activate else [])
+                + ([f"discard slot {discard}"] if discard else [])),
+        )
+
+    # --- an update is in progress: count the restart, cap crash loops ---------------------
+    restarted = replace(s, restarts=s.restarts + 1, updated_at=now)
+    if restarted.restarts > limits.max_restarts:
+        reason = (f"crash loop: updater restarted {restarted.restarts} times while installing "
+                  f"{s.model} {s.version} (phase {s.phase.value}); target given up")
+        if s.phase is Phase.TRIAL or (s.phase is Phase.SWITCHING and active == cand):
+            return _rollback_action(restarted, slots, now, reason)
+        given = replace(restarted, phase=Phase.REJECTED, reason=reason,
+                        expected_active=active, transitions=s.transitions + 1)
+        return RecoveryAction(
+            state=given, save=True, reason=reason,
+            discard=cand if cand and cand != active and _dirty(slots, cand) else None,
+            activate=fix_active(active, cand),
+        )
+
+    if s.phase in (Phase.DOWNLOADING, Phase.VERIFYING):
+        discard = cand if cand and cand != active and _dirty(slots, cand) else None
+        return RecoveryAction(state=restarted, save=True, discard=discard,
+                              activate=fix_active(active, cand), resume=True,
+                              reason=f"resume {s.phase.value}")
+    if s.phase is Phase.INSTALLING:
+        if cand is None or cand == active:
+            return _reject(restarted, slots, "install target slot is unknown or active")
+        return RecoveryAction(state=restarted, save=True,
+                              discard=cand if _dirty(slots, cand) else None,
+                              activate=fix_active(active, cand), resume=True,
+                              reason="interrupted install: discard partial slot, install again")
+    if s.phase is Phase.VALIDATING:
+        if cand is None or cand == active:
+            return _reject(restarted, slots, "validation slot is unknown or active")
+        if _holds_candidate(slots, cand, s):
+            return RecoveryAction(state=restarted, save=True, resume=True,
+                                  activate=fix_active(active, cand),
+                                  reason="interrupted validation: validate again")
+        back = replace(restarted, phase=Phase.INSTALLING)
+        return RecoveryAction(state=back, save=True, discard=cand if _dirty(slots, cand) else None,
+                              activate=fix_active(active, cand), resume=True,
+                              reason="candidate slot incomplete during validation: install again")
+    if s.phase is Phase.SWITCHING:
+        if cand is not None and active == cand and _holds_candidate(slots, cand, s):
+            trial = replace(restarted, phase=Phase.TRIAL, trial_started_at=now,
+                            trial_inferences=0, transitions=s.transitions + 1)
+            return RecoveryAction(state=trial, save=True, resume=True,
+                                  reason="switch had completed: trial starts")
+        if cand is not None and cand != active and _holds_candidate(slots, cand, s):
+            return RecoveryAction(state=restarted, save=True, resume=True,
+                                  activate=fix_active(active, cand),
+                                  reason="interrupted switch: switch again")
+        return _reject(restarted, slots, "candidate slot damaged before the switch completed")
+    if s.phase is Phase.TRIAL:
+        if cand is not None and active == cand:
+            if not slots.intact(other_slot(active)):
+                return RecoveryAction(state=restarted, save=True, resume=True,
+                                      reason="restarted during trial but no previous model to "
+                                      "roll back to: trial continues")
+            return _rollback_action(restarted, slots, now,
+                                    "updater restarted during the trial before it was committed")
+        return _rollback_action(restarted, slots, now,
+                                "trial slot is not active at start-up")
+    raise StateError(f"no recovery rule for phase {s.phase}")  # pragma: no cover
+
+
+def _dirty(slots: SlotsView, name: str) -> bool:
+    st = slots.slots.get(name)
+    return st is not None and (st.complete or st.partial)
+
+
+def _holds_candidate(slots: SlotsView, name: str | None, s: UpdateState) -> bool:
+    if name is None:
+        return False
+    st = slots.slots.get(name)
+    if st is None or not st.intact or st.info is None:
+        return False
+    return s.candidate is None or st.info.summary.sha256 == s.candidate.sha256
+
+
+def _reject(s: UpdateState, slots: SlotsView, reason: str) -> RecoveryAction:
+    active = slots.active
+    cand = s.slot
+    new = replace(s, phase=Phase.REJECTED, reason=reason, expected_active=active,
+                  transitions=s.transitions + 1)
+    return RecoveryAction(
+        state=new, save=True, reason=reason,
+        discard=cand if cand and cand != active and _dirty(slots, cand) else None,
+    )
+
+
+def _rollback_action(s: UpdateState, slots: SlotsView, now: float, reason: str) -> RecoveryAction:
+    cand = s.slot
+    prev = other_slot(cand) if cand else None
+    if prev is None or not slots.intact(prev):
+        # Nothing to go back to: the candidate stays (it is intact, it passed validation).
+        prev = slots.active
+    new = replace(s, phase=Phase.ROLLED_BACK, reason=reason, expected_active=prev,
+                  transitions=s.transitions + 1, updated_at=now)
+    activate = prev if prev is not None and prev != slots.active and slots.intact(prev) else None
+    return RecoveryAction(
+        state=new, save=True, activate=activate, reason=reason,
+        # The candidate is discarded only once it is no longer active (next start-up does it
+        # if this one dies between the save and the switch).
+        discard=cand if cand and activate is not None and cand == slots.active else None,
+    )
+
+
+# --- persistence -----------------------------------------------------------------------------
+
+
+class StateStore:
+    """The state file: atomic, durable saves; a load that never crashes.
+
+    A missing file is IDLE. A corrupt file (bad JSON, unknown schema, wrong types) is moved
+    aside to ``<name>.corrupt`` and recovery starts from IDLE with the reason recorded: with the
+    slots untouched the pointer still names a verified model, and the updater re-checks.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> UpdateState:
+        try:
+            raw = read_limited(self.path, MAX_STATE_BYTES)
+        except FileNotFoundError:
+            return UpdateState()
+        except (OSError, ValueError) as exc:
+            return self._corrupt(f"state file unreadable: {exc}")
+        try:
+            return UpdateState.from_dict(json.loads(raw))
+        except (ValueError, CorruptStateError) as exc:
+            return self._corrupt(str(exc))
+
+    def _corrupt(self, reason: str) -> UpdateState:
+        log.error("state file %s is corrupt (%s); starting from idle", self.path, reason)
+        try:
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            self.path.replace(aside)
+        except OSError:
+            pass
+        return UpdateState(reason=f"state file was corrupt and was reset: {reason}")
+
+    def save(self, state: UpdateState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, state.to_dict())
+
+
+def run_recovery(store: StateStore, slots: SlotStore, now: float, *, deep: bool = True,
+                 limits: Limits = Limits()) -> RecoveryAction:
+    """Load the state, decide (:func:`recovery_action`) and apply it; return the action.
+
+    ``deep`` decrypts and hashes both slots first (recommended at start-up; a 512 MB model
+    costs a few seconds). Order: save the new state, switch the pointer, then discard.
+    """
+    state = store.load()
+    view = slots.view(deep=deep)
+    action = recovery_action(state, view, now, limits)
+    if action.save:
+        store.save(action.state)
+    if action.activate is not None:
+        slots.switch_to(action.activate)
+    if action.discard is not None and action.discard != slots.active_name():
+        slots.discard(action.discard)
+    if action.reason != "nothing to do":
+        log.warning("recovery: %s (phase %s)", action.reason, action.state.phase.value)
+    return action
