@@ -1,0 +1,3 @@
+from update_server.cli import main
+
+raise SystemExit(main())

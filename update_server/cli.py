@@ -1,0 +1,231 @@
+"""``edgepkg-server``: database migrations, the production server, operator credentials.
+
+    edgepkg-server [--config FILE] [--database-url URL] init-db|migrate
+    edgepkg-server run [--bind 0.0.0.0:8080] [--workers 4] [--migrate]
+    edgepkg-server create-token --role admin|release|viewer --name NAME [--expires-in 90d]
+    edgepkg-server create-user --username NAME --role ROLE   (password from EDGEPKG_PASSWORD or stdin)
+    edgepkg-server create-enrollment [--uses N] [--expires 7d|ISO] [--tags a,b] [--note TEXT]
+
+Exit status: 0 success, 1 error, 2 usage. ``--json`` prints machine-readable output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from update_server import schema
+from update_server.auth import create_enrollment_token, create_operator_token, create_user
+from update_server.config import ENV_PREFIX, ServerConfig, load_config
+from update_server.db import Database, utcnow
+from update_server.errors import BadRequestError, Error
+from update_server.models import ROLES
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_expiry(text: str, now: dt.datetime) -> dt.datetime:
+    """``90d`` / ``12h`` / ``30m`` relative to now, or an ISO 8601 time."""
+    m = _DURATION.match(text.strip())
+    if m:
+        return now + dt.timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequestError(
+            f"--expires {text!r} is neither a duration (7d) nor ISO time"
+        ) from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    overrides = {}
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    return load_config(args.config, **overrides)
+
+
+def _print(args: argparse.Namespace, data: dict[str, object], text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    schema.upgrade(cfg.database_url)
+    _print(
+        args,
+        {"revision": schema.current_revision(cfg.database_url)},
+        f"database at revision {schema.current_revision(cfg.database_url)}",
+    )
+    return 0
+
+
+def cmd_create_token(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    db = Database(cfg.database_url)
+    now = utcnow()
+    expires = parse_expiry(args.expires_in, now) if args.expires_in else None
+    with db.session() as s:
+        row, plaintext = create_operator_token(
+            s, name=args.name, role=args.role, expires_at=expires
+        )
+        data = {
+            "id": row.id,
+            "name": row.name,
+            "role": row.role,
+            "token": plaintext,
+            "expires_at": expires.isoformat() if expires else None,
+        }
+    db.dispose()
+    _print(args, data, plaintext)
+    return 0
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    password = os.environ.get("EDGEPKG_PASSWORD")
+    if password is None:
+        password = sys.stdin.readline().rstrip("\n")
+    db = Database(cfg.database_url)
+    with db.session() as s:
+        user = create_user(s, username=args.username, password=password, role=args.role)
+        data = {"id": user.id, "username": user.username, "role": user.role}
+    db.dispose()
+    _print(args, data, f"user {args.username} ({args.role}) created")
+    return 0
+
+
+def cmd_create_enrollment(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    now = utcnow()
+    expires = parse_expiry(args.expires, now) if args.expires else None
+    tags = [t.strip() for t in (args.tags or "").split(",") if t.strip()]
+    from update_server._validate import get_tags
+
+    tags = get_tags({"tags": tags})
+    db = Database(cfg.database_url)
+    with db.session() as s:
+        row, plaintext = create_enrollment_token(
+            s, max_uses=args.uses, expires_at=expires, tags=tags, note=args.note, created_by="cli"
+        )
+        data = {
+            "id": row.id,
+            "token": plaintext,
+            "max_uses": row.max_uses,
+            "tags": tags,
+            "expires_at": expires.isoformat() if expires else None,
+        }
+    db.dispose()
+    _print(args, data, plaintext)
+    return 0
+
+
+def gunicorn_argv(bind: str, workers: int, extra: Sequence[str] = ()) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "update_server.wsgi:app",
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "sync",
+        "--access-logfile",
+        "-",
+        "--graceful-timeout",
+        "20",
+        *extra,
+    ]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.migrate:
+        schema.upgrade(cfg.database_url)
+    env = dict(os.environ)
+    if args.config:
+        env[ENV_PREFIX + "CONFIG"] = os.path.abspath(args.config)
+    env[ENV_PREFIX + "DATABASE_URL"] = cfg.database_url
+    if not env.get(ENV_PREFIX + "SECRET_KEY") and not _file_has_secret(args.config):
+        # All workers must share one key or dashboard sessions break between them.
+        env[ENV_PREFIX + "SECRET_KEY"] = secrets.token_hex(32)
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="edgepkg-metrics-")
+    argv = gunicorn_argv(args.bind, args.workers, args.gunicorn_arg or ())
+    os.execve(sys.executable, argv, env)
+    return 0  # pragma: no cover
+
+
+def _file_has_secret(path: str | None) -> bool:
+    if path is None:
+        return False
+    try:
+        return bool(load_config(path, env={}).secret_key) and "secret_key" in open(path).read()
+    except (Error, OSError):
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgepkg-server", description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="TOML config file (else $EDGEPKG_SERVER_CONFIG)")
+    p.add_argument("--database-url", help="overrides database_url")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("init-db", "migrate"):
+        s = sub.add_parser(name, help="create or upgrade the database schema (Alembic)")
+        s.set_defaults(func=cmd_migrate)
+    s = sub.add_parser("run", help="run the server under gunicorn")
+    s.add_argument("--bind", default="127.0.0.1:8080")
+    s.add_argument("--workers", type=int, default=max(2, (os.cpu_count() or 1) * 2))
+    s.add_argument("--migrate", action="store_true", help="migrate the database first")
+    s.add_argument("--gunicorn-arg", action="append", help="extra gunicorn argument (repeat)")
+    s.set_defaults(func=cmd_run)
+    s = sub.add_parser("create-token", help="create an operator API token (printed once)")
+    s.add_argument("--role", required=True, choices=ROLES)
+    s.add_argument("--name", required=True)
+    s.add_argument("--expires-in", help="e.g. 90d; default: never")
+    s.set_defaults(func=cmd_create_token)
+    s = sub.add_parser("create-user", help="create a dashboard user (password on stdin)")
+    s.add_argument("--username", required=True)
+    s.add_argument("--role", required=True, choices=ROLES)
+    s.set_defaults(func=cmd_create_user)
+    s = sub.add_parser("create-enrollment", help="create a device enrollment token")
+    s.add_argument("--uses", type=int, default=1, help="how many devices may enroll (default 1)")
+    s.add_argument("--expires", help="duration (7d) or ISO time; default: never")
+    s.add_argument("--tags", help="comma-separated tags given to enrolled devices")
+    s.add_argument("--note")
+    s.set_defaults(func=cmd_create_enrollment)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Error as exc:
+        if args.verbose:
+            raise
+        print(f"edgepkg-server: error: {exc.message}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        if args.verbose:
+            raise
+        print(
+            f"edgepkg-server: database error: {exc.__class__.__name__}: {exc}".splitlines()[0],
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,1 @@
+"""Alembic migrations of the update server (run with ``edgepkg-server migrate``)."""
