@@ -88,7 +88,7 @@ class ModelInfo:
 def detect(
     path: str | os.PathLike[str],
     *,
-    format: str = "auto",  # noqa: A002 - mirrors the CLI option
+    format: str = "auto",
     extra_requirements: Mapping[str, str | int] | None = None,
 ) -> ModelInfo:
     """Identify the model at ``path`` from its bytes and extract its requirements.
@@ -175,19 +175,19 @@ def _detect(
 
     if forced in ("tflite", "tflm", "edgetpu"):
         raise FormatError(f"{p} is not a TFLite flatbuffer (no TFL3 identifier at offset 4)")
-    if forced in ("auto", "onnx"):
+    # Protobuf writers emit fields in number order, so an ONNX file starts with ir_version's tag
+    # (0x08); auto-detection reads a file whole only then. A forced "onnx" always parses.
+    if forced == "onnx" or (forced == "auto" and prefix[:1] == b"\x08"):
         if size > MAX_PARSE_BYTES:
-            if forced == "onnx" or prefix[:1] == b"\x08":
-                raise TooLargeError(
-                    f"{p} is {size} bytes; ONNX models are parsed whole up to "
-                    f"{MAX_PARSE_BYTES} bytes (use --format raw to package it uninspected)"
-                )
-        else:
-            try:
-                return _onnx_info(_onnx.parse_onnx(_read_whole(p, size, "ONNX model")))
-            except _onnx.OnnxError as exc:
-                if forced == "onnx":
-                    raise FormatError(f"{p} is not a valid ONNX model: {exc}") from exc
+            raise TooLargeError(
+                f"{p} is {size} bytes; ONNX models are parsed whole up to "
+                f"{MAX_PARSE_BYTES} bytes (use --format raw to package it uninspected)"
+            )
+        try:
+            return _onnx_info(_onnx.parse_onnx(_read_whole(p, size, "ONNX model")))
+        except _onnx.OnnxError as exc:
+            if forced == "onnx" or isinstance(exc, _onnx.OnnxUnusableError):
+                raise FormatError(f"{p} is not a valid ONNX model: {exc}") from exc
     raise FormatError(
         f"{p} is not a recognised model (TensorRT engine, TFLite/Edge TPU flatbuffer, TFLite "
         "Micro C array, ONNX); pass --format raw to package it as opaque bytes"
@@ -202,7 +202,7 @@ def _tensorrt_info(p: Path, prefix: bytes) -> tuple[str, dict[str, Requirement],
     details: dict[str, Any] = {"engine_offset": hdr.engine_offset}
     if hdr.metadata is not None:
         details["ultralytics_metadata"] = hdr.metadata
-    return "tensorrt", {"tensorrt": "%d.%d.%d" % hdr.version}, details
+    return "tensorrt", {"tensorrt": ".".join(str(v) for v in hdr.version)}, details
 
 
 def _tflite_summary(p: Path, data: bytes) -> _tflite.TfliteSummary:
@@ -210,7 +210,7 @@ def _tflite_summary(p: Path, data: bytes) -> _tflite.TfliteSummary:
         return _tflite.parse_tflite(data)
     except FbError as exc:
         raise FormatError(f"{p} is a malformed TFLite flatbuffer: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - defence in depth: never leak a parser error
+    except Exception as exc:
         raise FormatError(f"{p} is a malformed TFLite flatbuffer: {exc!r}") from exc
 
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 MAX_ARRAYS = 64
 MAX_ARENA_SIZE = 1 << 32
 
-_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
 _DECL = re.compile(r"\b([A-Za-z_]\w*)\s*\[\s*([^\]\[]{0,64})\]\s*=\s*\{")
 _ALIGN = re.compile(
     r"alignas\s*\(\s*(\d+)\s*\)|aligned\s*\(\s*(\d+)\s*\)|__ALIGNED\s*\(\s*(\d+)\s*\)"
 )
 _INT_SUFFIX = re.compile(r"(?<=\d)(?:[uU][lL]{0,2}|[lL]{1,2}[uU]?)\b")
 _ARENA = re.compile(
-    r"#\s*define\s+(\w*arena_?size\w*)[ \t]+([^\n]+)|\b(\w*arena_?size\w*)\s*=\s*([^;]+);", re.I
+    r"#\s*define\s+(\w*arena_?size\w*)[ \t]+([^\n]+)|\b(\w*arena_?size\w*)\s*=\s*([^;]+);", re.IGNORECASE
 )
 _LEN_DECL = r"\b{name}_(?:len|size|length)\s*=\s*(\d+)[uUlL]*\s*;"
 _C_HINT = re.compile(rb"\[\s*\w{0,64}\s*\]\s*=\s*\{")

@@ -76,7 +76,7 @@ class Buf:
 class Table:
     """A flatbuffer table at ``pos``; fields are addressed by slot number (schema field order)."""
 
-    __slots__ = ("buf", "pos", "_vt", "_vt_len")
+    __slots__ = ("_vt", "_vt_len", "buf", "pos")
 
     def __init__(self, buf: Buf, pos: int) -> None:
         self.buf = buf
@@ -102,11 +102,11 @@ class Table:
     def has(self, slot: int) -> bool:
         return self._field(slot) != 0
 
-    def scalar(self, slot: int, fmt: str, default: int | float = 0) -> int | float:
+    def scalar(self, slot: int, fmt: str, default: float = 0) -> int | float:
         p = self._field(slot)
         return self.buf.scalar(fmt, p) if p else default
 
-    def int(self, slot: int, fmt: str = "i", default: int = 0) -> int:
+    def integer(self, slot: int, fmt: str = "i", default: int = 0) -> int:
         return int(self.scalar(slot, fmt, default))
 
     def _indirect(self, p: int) -> int:
@@ -125,7 +125,7 @@ class Table:
         self.buf.check(start + 4, n * elem_size)
         return start + 4, n
 
-    def bytes(self, slot: int) -> bytes | None:
+    def blob(self, slot: int) -> bytes | None:
         v = self._vector(slot, 1)
         if v is None:
             return None
@@ -133,7 +133,7 @@ class Table:
         return bytes(self.buf.data[start : start + n])
 
     def string(self, slot: int) -> str | None:
-        raw = self.bytes(slot)
+        raw = self.blob(slot)
         if raw is None:
             return None
         try:

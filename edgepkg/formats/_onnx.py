@@ -15,6 +15,10 @@ class OnnxError(Exception):
     """Internal: the bytes are not a usable ONNX model. Converted to FormatError."""
 
 
+class OnnxUnusableError(OnnxError):
+    """Internal: the bytes are an ONNX model, but one that cannot be packaged as is."""
+
+
 MAX_LISTED = 1024
 
 
@@ -41,7 +45,7 @@ def parse_onnx(data: bytes) -> dict[str, Any]:
         model = onnx.ModelProto.FromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise OnnxError(f"not a protobuf ModelProto: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - upb may raise other types on hostile input
+    except Exception as exc:
         raise OnnxError(f"not a protobuf ModelProto: {exc}") from exc
     if model.ir_version <= 0:
         raise OnnxError("no ir_version: not an ONNX model")
@@ -52,7 +56,7 @@ def parse_onnx(data: bytes) -> dict[str, Any]:
     g = model.graph
     for init in g.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
-            raise OnnxError(
+            raise OnnxUnusableError(
                 f"initializer {init.name!r} is stored in an external data file; save the model "
                 "as one file (onnx.save_model(..., save_as_external_data=False)) to package it"
             )

@@ -71,11 +71,11 @@ def is_tflite(data: bytes) -> bool:
 
 
 def _opcode(t: Table) -> OpCode:
-    deprecated = t.int(0, "b", 0)
-    builtin = t.int(3, "i", 0)
+    deprecated = t.integer(0, "b", 0)
+    builtin = t.integer(3, "i", 0)
     code = max(builtin, deprecated)
     custom = t.string(1)
-    version = t.int(2, "i", 1)
+    version = t.integer(2, "i", 1)
     if code == CUSTOM_BUILTIN_CODE and custom is None:
         raise FbError("CUSTOM operator code without a custom_code name")
     if code != CUSTOM_BUILTIN_CODE:
@@ -89,7 +89,7 @@ def _tensor_info(t: Table) -> dict[str, Any]:
     info: dict[str, Any] = {
         "name": t.string(3) or "",
         "shape": shape,
-        "dtype": TENSOR_TYPES.get(t.int(1, "b", 0), "UNKNOWN"),
+        "dtype": TENSOR_TYPES.get(t.integer(1, "b", 0), "UNKNOWN"),
     }
     q = t.table(4)
     if q is not None:
@@ -104,10 +104,10 @@ def _buffer_bytes(data: bytes, buf: Buf, buffers: list[Table], index: int, limit
     if index >= len(buffers):
         raise FbError(f"metadata refers to buffer {index} of {len(buffers)}")
     b = buffers[index]
-    raw = b.bytes(0)
+    raw = b.blob(0)
     if raw:
         return raw[:limit]
-    off, size = b.int(1, "Q", 0), b.int(2, "Q", 0)
+    off, size = b.integer(1, "Q", 0), b.integer(2, "Q", 0)
     if off > 1 and size:
         buf.check(off, size)
         return bytes(data[off : off + min(size, limit)])
@@ -115,10 +115,10 @@ def _buffer_bytes(data: bytes, buf: Buf, buffers: list[Table], index: int, limit
 
 
 def _custom_options(data: bytes, buf: Buf, op: Table) -> bytes:
-    raw = op.bytes(5)
+    raw = op.blob(5)
     if raw:
         return raw
-    off, size = op.int(9, "Q", 0), op.int(10, "Q", 0)
+    off, size = op.integer(9, "Q", 0), op.integer(10, "Q", 0)
     if off and size:
         buf.check(off, size)
         return bytes(data[off : off + size])
@@ -141,14 +141,14 @@ def parse_edgetpu_package(options: bytes) -> dict[str, Any]:
         package = bytes(ref.AsBlob)
     except FbError:
         raise
-    except Exception as exc:  # noqa: BLE001 - flexbuffers raises IndexError, struct.error, ...
+    except Exception as exc:
         raise FbError(f"Edge TPU custom options are not a valid FlexBuffer: {exc}") from exc
     pbuf = Buf(package)
     if pbuf.identifier() != EDGETPU_PACKAGE_IDENTIFIER:
         raise FbError("Edge TPU package does not carry the DWN1 identifier")
     pkg = pbuf.root()
     return {
-        "min_runtime_version": pkg.int(0, "i", 0),
+        "min_runtime_version": pkg.integer(0, "i", 0),
         "compiler_version": pkg.string(4),
     }
 
@@ -171,7 +171,7 @@ def parse_tflite(data: bytes) -> TfliteSummary:
             n_ops += 1
             if n_ops > MAX_OPERATORS:
                 raise FbError(f"more than {MAX_OPERATORS} operators")
-            idx = op.int(0, "I", 0)
+            idx = op.integer(0, "I", 0)
             if idx >= len(opcodes):
                 raise FbError(f"operator refers to opcode {idx} of {len(opcodes)}")
             oc = opcodes[idx]
@@ -197,7 +197,7 @@ def parse_tflite(data: bytes) -> TfliteSummary:
         name = md.string(0) or ""
         metadata_names.append(name)
         if name == "min_runtime_version":
-            raw = _buffer_bytes(data, buf, buffers, md.int(1, "I", 0), MAX_METADATA_VALUE)
+            raw = _buffer_bytes(data, buf, buffers, md.integer(1, "I", 0), MAX_METADATA_VALUE)
             text = raw.split(b"\x00", 1)[0]
             try:
                 min_runtime = text.decode("ascii").strip() or None
@@ -212,7 +212,7 @@ def parse_tflite(data: bytes) -> TfliteSummary:
             "compiler_versions": sorted({p["compiler_version"] or "" for p in edgetpu_packages}),
         }
     return TfliteSummary(
-        schema_version=model.int(0, "I", 0),
+        schema_version=model.integer(0, "I", 0),
         description=model.string(3),
         opcodes=opcodes,
         subgraphs=len(subgraphs),
