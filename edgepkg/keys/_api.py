@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -14,7 +14,7 @@ from edgepkg.errors import KeyError_
 from edgepkg.keys import _pkcs11, _software
 from edgepkg.keys._software import public_key_id, public_key_pem
 from edgepkg.keys._types import PublicKey, RecipientKey, Signer
-from edgepkg.keys._uri import Pkcs11Uri, is_pkcs11_uri, parse_pkcs11_uri
+from edgepkg.keys._uri import Pkcs11Uri, is_pkcs11_uri, parse_pkcs11_uri, resolve_pin
 
 KeyRef = str | bytes | os.PathLike[str]
 KeyKind = Literal["signing", "recipient"]
@@ -82,6 +82,22 @@ def load_recipient_key(ref: KeyRef | RecipientKey, *, pin: str | None = None) ->
             f"{where} is a {type(key).__name__}: recipient keys must be P-256 (ECDH for HPKE)"
         )
     return _software.FileRecipientKey(key, where)
+
+
+def describe_key(ref: KeyRef) -> dict[str, Any]:
+    """For ``keys show``: the public key, where the key lives, whether its private half is there
+    (``None`` when that cannot be told without a PIN)."""
+    if isinstance(ref, str) and is_pkcs11_uri(ref):
+        uri = parse_pkcs11_uri(ref)
+        pub = _pkcs11.load_token_public_key(uri)
+        has_private = _pkcs11.has_private_key(uri, pub) if resolve_pin(uri) is not None else None
+        return {"_public_key": pub, "where": str(uri), "has_private": has_private}
+    data, where = _pem_of(ref)
+    return {
+        "_public_key": _software.load_public_pem(data, where),
+        "where": where,
+        "has_private": b"PRIVATE KEY-----" in data,
+    }
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ class _Module:
                     "softhsm2) or point module-path= / $EDGEPKG_PKCS11_MODULE at the right library"
                 )
             try:
-                self._lib = pkcs11.lib(self.path)
+                self._lib = _shared_lib(self.path)
             except Exception as exc:  # the Cython layer raises RuntimeError and others
                 raise HSMError(f"cannot load PKCS#11 module {self.path}: {exc}") from exc
         if self.stale or self._pid != os.getpid():
@@ -218,6 +218,25 @@ class _Module:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _shared_lib(path: str) -> Any:
+    """python-pkcs11 caches libraries by the path string: reuse one loaded under another name
+    for the same file (a second C_Initialize would fail), so other code calling
+    ``pkcs11.lib(path)`` and this module share one initialised library."""
+    real = os.path.realpath(path)
+    for name in list(pkcs11._loaded):
+        if os.path.realpath(name) == real:
+            return pkcs11.lib(name)
+    return pkcs11.lib(path)
+
+
+def pkcs11_lib(module_path: str | None = None) -> Any:
+    """The process-wide python-pkcs11 ``lib`` for a module (default: $EDGEPKG_PKCS11_MODULE or
+    SoftHSM2), for code that needs raw PKCS#11 access next to edgepkg's keys."""
+    mod = module_for(Pkcs11Uri(module_path=module_path))
+    with mod.lock:
+        return mod.lib()
+
+
 def _name(exc: BaseException) -> str:
     text = str(exc)
     return type(exc).__name__ + (f" ({text})" if text else "")
@@ -228,11 +247,12 @@ _modules_lock = threading.Lock()
 
 
 def module_for(uri: Pkcs11Uri) -> _Module:
-    path = os.path.realpath(uri.module())
+    path = os.path.abspath(uri.module())
+    key = os.path.realpath(path)  # one lock and one library per file, whatever its name
     with _modules_lock:
-        mod = _modules.get(path)
+        mod = _modules.get(key)
         if mod is None:
-            mod = _modules[path] = _Module(path)
+            mod = _modules[key] = _Module(path)
         return mod
 
 
@@ -375,12 +395,12 @@ def _open_private(uri: Pkcs11Uri, pin: str | None, purpose: str) -> tuple[_KeyHa
             "?pin-source=FILE|env:VAR to the URI or set $EDGEPKG_PKCS11_PIN"
         )
     mod = module_for(uri)
-    capability = Attribute.SIGN if purpose == "sign" else Attribute.DERIVE
+    capability = {"sign": Attribute.SIGN, "derive": Attribute.DERIVE}.get(purpose)
 
     def op(session: Any) -> tuple[Pkcs11Uri, ec.EllipticCurvePublicKey]:
         priv = _find_one(session, uri, ObjectClass.PRIVATE_KEY)
         _check_ec_p256(priv, f"private key {uri.describe_object()}")
-        if not priv[capability]:
+        if capability is not None and not priv[capability]:
             what = "signing (CKA_SIGN)" if purpose == "sign" else "key agreement (CKA_DERIVE)"
             raise HSMError(f"private key {uri.describe_object()} is not allowed for {what}")
         pub = _public_of(session, uri, priv)
@@ -510,12 +530,25 @@ def load_token_public_key(uri: Pkcs11Uri, *, pin: str | None = None) -> ec.Ellip
     resolved = resolve_pin(uri, pin)
 
     def op(session: Any) -> ec.EllipticCurvePublicKey:
-        if uri.type == "private":
-            priv = _find_one(session, uri, ObjectClass.PRIVATE_KEY)
-            return _public_of(session, uri, priv)
-        return _public_of(session, uri, None)
+        try:  # key pairs made by edgepkg share label and id between the two halves
+            return _public_of(session, uri, None)
+        except HSMError:
+            if uri.type == "public" or resolved is None:
+                raise
+        priv = _find_one(session, uri, ObjectClass.PRIVATE_KEY)
+        return _public_of(session, uri, priv)
 
     return mod.run(uri, resolved, op)
+
+
+def has_private_key(uri: Pkcs11Uri, pub: ec.EllipticCurvePublicKey) -> bool:
+    """Whether the token holds the private half of ``pub`` under the URI's label/id."""
+    try:
+        signer_uri = Pkcs11Uri(**{**uri.__dict__, "type": "private"})
+        _handle, found = _open_private(signer_uri, None, "any")
+    except KeyError_:
+        return False
+    return public_key_id(found) == public_key_id(pub)
 
 
 def generate_keypair(
