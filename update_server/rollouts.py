@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from update_server.errors import BadRequestError
+from update_server.errors import BadRequestError, ConflictError
 
 RUNNING = "running"
 PAUSED = "paused"
@@ -415,11 +415,8 @@ def operator_action(
     return dataclasses.replace(state, status=new, reason=reason or f"{action}d by an operator")
 
 
-class RolloutTransitionError(BadRequestError):
-    """The rollout is not in a state where the requested action applies."""
-
-    status = 409
-    code = "conflict"
+class RolloutTransitionError(ConflictError):
+    """The rollout is not in a state where the requested action applies (409)."""
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -461,9 +458,20 @@ def evaluate(
     now: dt.datetime,
 ) -> Decision:
     """What the rollout should do now. Only a running rollout moves; failure wins over success."""
+    return decide(spec, state, tally(state, outcomes), now)
+
+
+def decide(
+    spec: RolloutSpec, state: RolloutState, groups: Sequence[GroupTally], now: dt.datetime
+) -> Decision:
+    """:func:`evaluate` on per-group counts (the database can count them in one query)."""
     if state.status != RUNNING:
         return Decision("none", f"rollout is {state.status}")
-    groups = tally(state, outcomes)
+    by_index = {g.stage_index: g for g in groups}
+    groups = [
+        by_index.get(i, GroupTally(i, _size(state, i), 0, 0, 0))
+        for i in range(state.stage_index + 1)
+    ]
     for g in groups:
         if g.finished_in_window >= spec.min_devices and g.finished_in_window > 0:
             share = g.failed_in_window / g.finished_in_window
@@ -510,6 +518,10 @@ def apply_decision(
     if decision.action == "abort":
         return dataclasses.replace(state, status=ABORTED, reason=decision.reason)
     return state
+
+
+def _size(state: RolloutState, i: int) -> int:
+    return state.stage_sizes[i] if i < len(state.stage_sizes) else 0
 
 
 # --- assignment ------------------------------------------------------------------------------
@@ -594,6 +606,7 @@ __all__ = [
     "advance",
     "apply_decision",
     "assignment_for",
+    "decide",
     "evaluate",
     "in_stage",
     "operator_action",
