@@ -13,6 +13,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from edgepkg import __version__
 from edgepkg.errors import Error, UsageError
@@ -27,13 +28,16 @@ _COMMAND_MODULES = (
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 on usage errors: keep that
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 on usage errors: keep that
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgepkg", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="edgepkg",
+        description="Package, sign, encrypt and publish edge AI models for over-the-air updates.",
+    )
     parser.add_argument("--version", action="version", version=f"edgepkg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
