@@ -387,3 +387,14 @@ def test_truncated_or_corrupted_models_raise_only_edgepkg_errors(
             pass
         except Exception as exc:  # noqa: BLE001 - this is the failure being tested for
             pytest.fail(f"mutation {i} ({kind=}) escaped as {type(exc).__name__}: {exc}")
+
+
+def test_onnx_with_invalid_utf8_in_an_op_name_is_a_format_error(
+    onnx_model_path: Path, tmp_path: Path
+) -> None:
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(onnx_model_path.read_bytes().replace(b"Gemm", b"G\xffmm"))
+    with pytest.raises(errors.FormatError):
+        detect(p)
+    with pytest.raises(errors.FormatError):
+        detect(p, format="onnx")

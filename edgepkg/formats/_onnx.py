@@ -47,6 +47,15 @@ def parse_onnx(data: bytes) -> dict[str, Any]:
         raise OnnxError(f"not a protobuf ModelProto: {exc}") from exc
     except Exception as exc:
         raise OnnxError(f"not a protobuf ModelProto: {exc}") from exc
+    try:
+        return _inspect(onnx, model)
+    except OnnxError:
+        raise
+    except Exception as exc:  # e.g. invalid UTF-8 in a string field surfaces as bytes
+        raise OnnxUnusableError(f"malformed ONNX model: {exc!r}") from exc
+
+
+def _inspect(onnx: Any, model: Any) -> dict[str, Any]:
     if model.ir_version <= 0:
         raise OnnxError("no ir_version: not an ONNX model")
     if not model.HasField("graph"):
