@@ -8,11 +8,12 @@ import os
 import re
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from edgepkg.errors import BadSignatureError, KeyError_
+from edgepkg.crypto import public_key_id, signing_algorithm, verify_signature  # noqa: F401 (re-exported)
+from edgepkg.errors import KeyError_
 from edgepkg.keys._types import PublicKey, SigningAlgorithm
 
 log = logging.getLogger("edgepkg.keys")
@@ -22,14 +23,6 @@ PASSPHRASE_ENV = "EDGEPKG_KEY_PASSPHRASE"
 _warned: set[str] = set()
 
 
-def public_key_id(pub: PublicKey) -> str:
-    """Hex SHA-256 of the DER SubjectPublicKeyInfo: the key id used everywhere in edgepkg."""
-    der = pub.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
-
-
 def public_key_pem(pub: PublicKey) -> bytes:
     return pub.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -37,11 +30,10 @@ def public_key_pem(pub: PublicKey) -> bytes:
 
 
 def algorithm_of(pub: PublicKey) -> SigningAlgorithm:
-    if isinstance(pub, ed25519.Ed25519PublicKey):
-        return "ed25519"
-    if isinstance(pub, ec.EllipticCurvePublicKey) and isinstance(pub.curve, ec.SECP256R1):
-        return "ecdsa-p256-sha256"
-    raise KeyError_(f"unsupported public key type {type(pub).__name__}: use Ed25519 or P-256")
+    algorithm = signing_algorithm(pub)
+    if not algorithm:
+        raise KeyError_(f"unsupported public key type {type(pub).__name__}: use Ed25519 or P-256")
+    return algorithm  # type: ignore[return-value]
 
 
 def check_public_key(pub: object, *, what: str = "key") -> PublicKey:
@@ -52,24 +44,6 @@ def check_public_key(pub: object, *, what: str = "key") -> PublicKey:
             raise KeyError_(f"{what} is on curve {pub.curve.name}; only P-256 is supported")
         return pub
     raise KeyError_(f"{what} is a {type(pub).__name__}; only Ed25519 and P-256 are supported")
-
-
-def verify_signature(pub: PublicKey, signature: bytes, data: bytes) -> None:
-    """Return None when ``signature`` over ``data`` verifies with ``pub``; else raise
-    :class:`BadSignatureError`. Ed25519: raw 64 bytes; P-256: DER ECDSA over SHA-256."""
-    try:
-        if isinstance(pub, ed25519.Ed25519PublicKey):
-            pub.verify(signature, data)
-        elif isinstance(pub, ec.EllipticCurvePublicKey) and isinstance(pub.curve, ec.SECP256R1):
-            pub.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-        else:
-            raise KeyError_(f"cannot verify with a {type(pub).__name__}")
-    except InvalidSignature:
-        raise BadSignatureError(
-            f"signature does not verify with key {public_key_id(pub)[:16]}…"
-        ) from None
-    except ValueError as exc:  # malformed DER signature
-        raise BadSignatureError(f"malformed signature: {exc}") from None
 
 
 def read_pem_file(path: str | os.PathLike[str]) -> bytes:
