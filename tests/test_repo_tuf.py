@@ -196,3 +196,21 @@ def test_status_lists_roles_and_warnings(repo: Path) -> None:
 def test_targets_version_and_empty_release_list(repo: Path) -> None:
     assert erepo.targets_version(repo) == 1
     assert erepo.list_releases(repo) == []
+
+
+def test_read_api_on_a_missing_repository_raises_repo_error(tmp_path: Path) -> None:
+    with pytest.raises(RepoError):
+        erepo.list_releases(tmp_path / "nope")
+    with pytest.raises(RepoError):
+        erepo.targets_version(tmp_path / "nope")
+    with pytest.raises(RepoError):
+        erepo.refresh(tmp_path / "nope")
+
+
+def test_list_releases_refuses_tampered_targets_metadata(repo: Path) -> None:
+    path = repo / "metadata" / "1.targets.json"
+    md = Metadata.from_bytes(path.read_bytes())
+    md.signed.unrecognized_fields["x-injected"] = True
+    path.write_bytes(md.to_bytes())
+    with pytest.raises(RepoError, match="not validly signed"):
+        erepo.list_releases(repo)

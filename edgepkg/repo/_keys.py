@@ -17,6 +17,7 @@ from securesystemslib.signer import Key
 from securesystemslib.signer import Signer as SslibSigner
 
 from edgepkg import keys
+from edgepkg.errors import UsageError
 from edgepkg.keys import tuf as keys_tuf
 from edgepkg.keys._types import PublicKey, RecipientKey, Signer
 
@@ -69,3 +70,13 @@ def public_pem(public_key: PublicKey) -> str:
 
 def public_from_pem(pem: str) -> PublicKey:
     return keys.load_public_key(pem.encode())
+
+
+def check_storable_ref(ref: str) -> str:
+    """Refuse a reference that would put a secret into the repository configuration."""
+    if keys.is_pkcs11_uri(ref) and keys.parse_pkcs11_uri(ref).pin_value is not None:
+        raise UsageError(
+            "this pkcs11: URI carries pin-value; the repository config stores key references, "
+            "never PINs: use pin-source=env:VAR / file:PATH or $EDGEPKG_PKCS11_PIN instead"
+        )
+    return ref

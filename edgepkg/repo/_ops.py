@@ -120,6 +120,9 @@ def init_repo(
     if repo.exists() and (config_path(repo).exists() or (_tuf.metadata_dir(repo)).exists()):
         raise RepoError(f"{repo} already holds a repository; refusing to overwrite it")
 
+    for ref in [r for refs in keys.values() for r in refs] + [release_signer or "", archive_key or ""]:
+        if ref:
+            _keys.check_storable_ref(ref)
     pool = SignerPool(env)
     roles: dict[str, RoleConfig] = {}
     root = Root(expires=now, consistent_snapshot=True)
@@ -358,6 +361,7 @@ def rotate(
             new_root.revoke_key(keyid, role)
             refs = [r for r in refs if r.keyid != keyid]
         for ref in add:
+            _keys.check_storable_ref(ref)
             tkey = _keys.tuf_key(_keys.public_key_from_ref(ref))
             if tkey.keyid in new_root.roles[role].keyids:
                 raise UsageError(f"key {tkey.keyid} ({ref}) is already a {role} key")

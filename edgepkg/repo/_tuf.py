@@ -76,7 +76,12 @@ def _parse(path: Path, expected: type[Signed]) -> Metadata:
 
 def root_versions(repo_dir: str | os.PathLike[str]) -> list[int]:
     versions = []
-    for entry in os.listdir(metadata_dir(repo_dir)):
+    try:
+        entries = os.listdir(metadata_dir(repo_dir))
+    except OSError as exc:
+        raise RepoError(f"cannot read {metadata_dir(repo_dir)}: {exc.strerror}; is {repo_dir} "
+                        "an initialised repository?") from None
+    for entry in entries:
         match = _ROOT_FILE.match(entry)
         if match:
             versions.append(int(match.group(1)))
@@ -160,6 +165,10 @@ def new_expiry(now: datetime, lifetime: timedelta) -> datetime:
 @contextlib.contextmanager
 def locked(repo_dir: str | os.PathLike[str]) -> Iterator[None]:
     """One writer at a time (publish from CI, refresh from cron)."""
+    from ._config import config_path
+
+    if not config_path(repo_dir).is_file():
+        raise RepoError(f"{repo_dir} is not an edgepkg repository: run `edgepkg repo init` first")
     path = Path(repo_dir) / ".edgepkg-repo.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
