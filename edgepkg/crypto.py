@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac, serialization
@@ -32,7 +33,9 @@ from edgepkg.errors import (
     TamperedError,
     TruncatedError,
 )
-from edgepkg.keys._types import PublicKey, RecipientKey
+
+if TYPE_CHECKING:  # edgepkg.keys imports this module: keep the dependency one-way at run time
+    from edgepkg.keys._types import PublicKey, RecipientKey
 
 DATA_KEY_BYTES = 32
 TAG_BYTES = 16
