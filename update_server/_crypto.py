@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgepkg.crypto import public_key_id, verify_signature
-from edgepkg.errors import BadSignatureError
 from update_server.errors import BadRequestError, UnauthorizedError
+
+
+def public_key_id(public_key: ec.EllipticCurvePublicKey) -> str:
+    """Hex SHA-256 of the DER SubjectPublicKeyInfo (the edgepkg key id)."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
 
 MAX_PEM_BYTES = 4096
 
@@ -42,15 +50,13 @@ def verify_device_signature(public_key_pem: str, signature: bytes, message: byte
     except BadRequestError:
         raise UnauthorizedError("the stored device key is unusable") from None
     try:
-        verify_signature(key, signature, message)
-    except BadSignatureError:
+        key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
         raise UnauthorizedError("request signature does not verify", code="bad_signature") from None
 
 
 def sign_device_message(private_key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
     """ECDSA-P256-SHA256 DER signature (used by test and benchmark device clients)."""
-    from cryptography.hazmat.primitives import hashes
-
     return private_key.sign(message, ec.ECDSA(hashes.SHA256()))
 
 

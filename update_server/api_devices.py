@@ -287,14 +287,16 @@ def post_events(device_id: str) -> ResponseReturnValue:
         parsed.setdefault(e["id"], e)
     now = _now()
     insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    table = Event.__table__
     accepted_ids: list[str] = []
     for e in parsed.values():
         stmt = (
-            insert(Event)
+            insert(table)
             .values(device_id=device.id, received_at=now, **e)
             .on_conflict_do_nothing(index_elements=["device_id", "id"])
+            .returning(table.c.seq)
         )
-        if db.execute(stmt).rowcount == 1:  # type: ignore[attr-defined]
+        if db.execute(stmt).first() is not None:
             accepted_ids.append(e["id"])
     duplicates = len(raw_events) - len(accepted_ids)
     if accepted_ids:

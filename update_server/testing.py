@@ -8,9 +8,7 @@ import json
 import secrets
 import time
 from typing import Any
-
-from edgepkg.crypto import public_key_id
-from update_server._crypto import new_device_key, public_pem, sign_device_message
+from update_server._crypto import new_device_key, public_key_id, public_pem, sign_device_message
 from update_server.device_auth import (
     HEADER_DEVICE,
     HEADER_NONCE,
