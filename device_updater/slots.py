@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, Protocol, Self
 
+import edgepkg.keys  # noqa: F401 - load keys before crypto (avoids an import cycle there)
 from device_updater._fsutil import (
     atomic_write_bytes,
     atomic_write_json,

@@ -1,0 +1,240 @@
+"""The persisted update state machine: legal transitions, persistence, recovery rules."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from device_updater.errors import IllegalTransitionError
+from device_updater.slots import ModelSummary, SlotInfo, SlotState, SlotsView
+from device_updater.state import (
+    Committed,
+    Downloaded,
+    Installed,
+    Limits,
+    Phase,
+    Reject,
+    Reset,
+    Retry,
+    RollBack,
+    Start,
+    StateStore,
+    Switched,
+    UpdateState,
+    Validated,
+    Verified,
+    recovery_action,
+    transition,
+)
+
+NOW = 1_800_000_000.0
+V1 = ModelSummary(name="cam", version="1.0.0", sha256="1" * 64, length=10, format="onnx")
+V2 = ModelSummary(name="cam", version="2.0.0", sha256="2" * 64, length=20, format="onnx",
+                  policy={"metric": "top1_accuracy", "min": 0.8})
+
+
+def view(active: str | None, a: ModelSummary | None, b: ModelSummary | None, *,
+         intact: tuple[bool, bool] = (True, True), partial: tuple[bool, bool] = (False, False),
+         ) -> SlotsView:
+    slots = {}
+    for i, (n, s) in enumerate((("a", a), ("b", b))):
+        info = SlotInfo(name=n, summary=s, sealed_length=1, written_at=0) if s else None  # type: ignore[arg-type]
+        slots[n] = SlotState(name=n, info=info, partial=partial[i],  # type: ignore[arg-type]
+                             intact=bool(info) and intact[i])
+    return SlotsView(active=active, slots=slots)  # type: ignore[arg-type]
+
+
+def walk(to: Phase) -> UpdateState:
+    """Drive a fresh state along the happy path up to ``to`` (installing into slot b)."""
+    s = transition(UpdateState(), Start("cam", "2.0.0", "models/cam/2.0.0/cam-2.0.0.edgepkg",
+                                        rollout_id="r1"), NOW)
+    steps = [
+        (Phase.VERIFYING, Downloaded(V2)), (Phase.INSTALLING, Verified(V2, "b")),
+        (Phase.VALIDATING, Installed()), (Phase.SWITCHING, Validated()),
+        (Phase.TRIAL, Switched()), (Phase.COMMITTED, Committed()),
+    ]
+    for phase, ev in steps:
+        if s.phase is to:
+            break
+        s = transition(s, ev, NOW + 1)
+        assert s.phase is phase
+    assert s.phase is to
+    return s
+
+
+def test_happy_path_walks_every_phase_in_order() -> None:
+    s = walk(Phase.COMMITTED)
+    assert s.expected_active == "b" and s.candidate == V2 and s.transitions == 7
+    idle = transition(s, Reset(), NOW + 2)
+    assert idle.phase is Phase.IDLE and idle.last_outcome["version"] == "2.0.0"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("phase,event", [
+    (Phase.IDLE, Installed()),
+    (Phase.IDLE, Switched()),
+    (Phase.DOWNLOADING, Start("cam", "3.0.0", "t")),
+    (Phase.VERIFYING, Committed()),
+    (Phase.INSTALLING, Switched()),
+    (Phase.VALIDATING, Committed()),
+    (Phase.TRIAL, Reject("no")),
+    (Phase.INSTALLING, RollBack("manual", active="a", manual=True)),
+    (Phase.TRIAL, Reset()),
+])
+def test_illegal_transition_is_refused_with_a_typed_error(phase: Phase, event: object) -> None:
+    s = UpdateState() if phase is Phase.IDLE else walk(phase)
+    with pytest.raises(IllegalTransitionError):
+        transition(s, event, NOW)  # type: ignore[arg-type]
+
+
+def test_verified_bundle_for_another_version_is_refused() -> None:
+    s = walk(Phase.VERIFYING)
+    with pytest.raises(IllegalTransitionError, match="expected cam 2.0.0"):
+        transition(s, Verified(replace(V2, version="9.9.9"), "b"), NOW)
+
+
+def test_retry_past_the_attempt_cap_gives_the_target_up() -> None:
+    s = walk(Phase.DOWNLOADING)
+    for _ in range(5):
+        s = transition(s, Retry("connection reset"), NOW, Limits(max_attempts=5))
+        assert s.phase is Phase.DOWNLOADING
+    s = transition(s, Retry("connection reset"), NOW, Limits(max_attempts=5))
+    assert s.phase is Phase.REJECTED and "gave up after 6 attempts" in (s.reason or "")
+
+
+def test_transition_cap_stops_a_loop_of_retries() -> None:
+    s = walk(Phase.INSTALLING)
+    limits = Limits(max_attempts=1000, max_transitions=10)
+    for _ in range(20):
+        s = transition(s, Retry("again"), NOW, limits)
+        if s.phase.terminal:
+            break
+    assert s.phase is Phase.REJECTED and "crash loop" in (s.reason or "")
+
+
+def test_trial_failure_rolls_back_to_the_other_slot() -> None:
+    s = transition(walk(Phase.TRIAL), RollBack("app failing", active="b"), NOW)
+    assert s.phase is Phase.ROLLED_BACK and s.expected_active == "a" and s.slot == "b"
+
+
+def test_manual_rollback_keeps_both_versions() -> None:
+    s = transition(walk(Phase.COMMITTED), RollBack("operator", active="b", manual=True), NOW)
+    assert s.phase is Phase.ROLLED_BACK and s.expected_active == "a" and s.slot is None
+
+
+def test_state_round_trips_through_the_store(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.json")
+    assert store.load() == UpdateState()
+    s = walk(Phase.TRIAL)
+    store.save(s)
+    assert store.load() == s
+    assert json.loads((tmp_path / "state.json").read_text())["schema"] == 1
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"{", b"[]", b'{"schema": 99, "phase": "idle"}',
+    b'{"schema": 1, "phase": "exploding"}',
+    b'{"schema": 1, "phase": "trial", "slot": "../../etc", "model": "m"}',
+    b'{"schema": 1, "phase": "idle", "attempts": -3}',
+    b"\xff\xfe garbage",
+])
+def test_corrupt_state_file_recovers_to_idle_with_a_reason(tmp_path: Path,
+                                                           content: bytes) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    s = StateStore(path).load()
+    assert s.phase is Phase.IDLE and "corrupt" in (s.reason or "")
+    assert (tmp_path / "state.json.corrupt").read_bytes() == content
+
+
+# --- recovery --------------------------------------------------------------------------------
+
+
+def test_recovery_in_idle_does_nothing() -> None:
+    a = recovery_action(UpdateState(), view("a", V1, None), NOW)
+    assert not a.save and a.activate is None and a.discard is None and not a.resume
+
+
+@pytest.mark.parametrize("phase", [Phase.DOWNLOADING, Phase.VERIFYING])
+def test_recovery_before_install_resumes_and_keeps_active(phase: Phase) -> None:
+    a = recovery_action(walk(phase), view("a", V1, None), NOW)
+    assert a.resume and a.activate is None and a.state.phase is phase
+    assert a.state.restarts == 1
+
+
+def test_recovery_during_install_discards_the_partial_slot() -> None:
+    a = recovery_action(walk(Phase.INSTALLING), view("a", V1, None, partial=(False, True)), NOW)
+    assert a.discard == "b" and a.activate is None and a.resume
+    assert a.state.phase is Phase.INSTALLING
+
+
+def test_recovery_during_validation_revalidates_a_complete_slot() -> None:
+    a = recovery_action(walk(Phase.VALIDATING), view("a", V1, V2), NOW)
+    assert a.resume and a.discard is None and a.state.phase is Phase.VALIDATING
+
+
+def test_recovery_during_validation_reinstalls_a_damaged_slot() -> None:
+    a = recovery_action(walk(Phase.VALIDATING), view("a", V1, V2, intact=(True, False)), NOW)
+    assert a.state.phase is Phase.INSTALLING and a.discard == "b" and a.resume
+
+
+def test_recovery_in_switching_enters_trial_when_pointer_already_moved() -> None:
+    a = recovery_action(walk(Phase.SWITCHING), view("b", V1, V2), NOW + 50)
+    assert a.state.phase is Phase.TRIAL and a.state.trial_started_at == NOW + 50
+    assert a.activate is None
+
+
+def test_recovery_in_switching_redoes_the_switch_when_pointer_not_moved() -> None:
+    a = recovery_action(walk(Phase.SWITCHING), view("a", V1, V2), NOW)
+    assert a.state.phase is Phase.SWITCHING and a.resume and a.activate is None
+
+
+def test_recovery_in_switching_rejects_a_damaged_candidate() -> None:
+    a = recovery_action(walk(Phase.SWITCHING), view("a", V1, V2, intact=(True, False)), NOW)
+    assert a.state.phase is Phase.REJECTED and a.state.expected_active == "a"
+    assert a.discard == "b"
+
+
+def test_recovery_in_trial_rolls_back_unless_committed() -> None:
+    a = recovery_action(walk(Phase.TRIAL), view("b", V1, V2), NOW)
+    assert a.state.phase is Phase.ROLLED_BACK and a.activate == "a" and a.discard == "b"
+    committed = recovery_action(walk(Phase.COMMITTED), view("b", V1, V2), NOW)
+    assert committed.activate is None and committed.discard is None
+
+
+def test_recovery_in_trial_without_previous_model_continues_the_trial() -> None:
+    a = recovery_action(walk(Phase.TRIAL), view("b", None, V2), NOW)
+    assert a.state.phase is Phase.TRIAL and a.resume and a.activate is None
+
+
+def test_recovery_completes_an_interrupted_rollback() -> None:
+    rolled = transition(walk(Phase.TRIAL), RollBack("app failing", active="b"), NOW)
+    a = recovery_action(rolled, view("b", V1, V2), NOW)  # died before the pointer flip
+    assert a.activate == "a" and a.discard == "b"
+    after = recovery_action(rolled, view("a", V1, V2), NOW)  # died before the discard
+    assert after.activate is None and after.discard == "b"
+
+
+def test_recovery_replaces_a_damaged_active_slot_with_the_intact_other() -> None:
+    a = recovery_action(UpdateState(), view("a", V1, V2, intact=(False, True)), NOW)
+    assert a.activate == "b"
+
+
+def test_crash_loop_cap_gives_up_the_target() -> None:
+    s = walk(Phase.VALIDATING)
+    v = view("a", V1, V2)
+    for _ in range(3):
+        a = recovery_action(s, v, NOW, Limits(max_restarts=3))
+        assert a.state.phase is Phase.VALIDATING
+        s = a.state
+    a = recovery_action(s, v, NOW, Limits(max_restarts=3))
+    assert a.state.phase is Phase.REJECTED and "crash loop" in (a.state.reason or "")
+    assert a.discard == "b" and a.state.expected_active == "a"
+
+
+def test_crash_loop_in_trial_rolls_back() -> None:
+    s = replace(walk(Phase.TRIAL), restarts=3)
+    a = recovery_action(s, view("b", None, V2), NOW, Limits(max_restarts=3))
+    assert a.state.phase is Phase.ROLLED_BACK and "crash loop" in (a.state.reason or "")
