@@ -214,3 +214,18 @@ def test_list_releases_refuses_tampered_targets_metadata(repo: Path) -> None:
     path.write_bytes(md.to_bytes())
     with pytest.raises(RepoError, match="not validly signed"):
         erepo.list_releases(repo)
+
+
+@pytest.mark.parametrize("role", ["targets", "snapshot"])
+def test_rotating_an_online_or_targets_key_keeps_clients_working(tmp_path: Path, keys, role: str) -> None:
+    repo = tmp_path / "repo"
+    erepo.init_repo(repo, keys)
+    make_client(repo, tmp_path / "before").refresh()
+    old = erepo.load_config(repo).role(role).keys[0].keyid
+    new = write_key(tmp_path / "keys" / f"{role}-b.pem")
+    erepo.rotate(repo, role, add=[new], remove=[old])
+    Path(keys[role][0]).unlink()  # the removed key is gone; the repository keeps working
+    erepo.refresh(repo, force=True)
+    client = make_client(repo, tmp_path / "after")
+    client.refresh()
+    assert old not in client._trusted_set.root.roles[role].keyids  # noqa: SLF001
