@@ -106,7 +106,7 @@ def test_install_never_writes_the_active_slot(store: SlotStore) -> None:
 
 def test_begin_write_marks_the_old_content_incomplete_first(store: SlotStore) -> None:
     s1, d1 = model("1.0.0")
-    s2, d2 = model("2.0.0")
+    s2, _ = model("2.0.0")
     store.write(s1, [d1], slot="b")
     w = store.begin_write(s2, slot="b")
     assert store.info("b") is None  # the old model in b is no longer usable mid-write

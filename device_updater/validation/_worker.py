@@ -207,16 +207,35 @@ def load(fmt: str, model: str, options: dict[str, Any]) -> tuple[Infer, str]:
     raise NotInstalled(f"no built-in runner for format {fmt!r}; configure an external command")
 
 
+_MODULES = {"onnx": "onnxruntime", "tflite": "ai_edge_litert.interpreter",
+            "edgetpu": "ai_edge_litert.interpreter",
+            "tflm": "tflite_micro.python.tflite_micro.runtime", "tensorrt": "tensorrt"}
+
+
+def _preimport(fmt: str) -> None:
+    import importlib
+
+    name = _MODULES.get(fmt)
+    if name is None:
+        return
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        raise NotInstalled(f"{name} is not installed: {exc}") from None
+
+
 def main() -> int:
     try:
         req = json.loads(sys.stdin.read(1 << 16))
         options = dict(req.get("options") or {})
+        fmt = str(req["format"])
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        inputs = np.load(req["inputs"], allow_pickle=False)
+        _preimport(fmt)  # import the runtime first: a memory limit must not look like "missing"
         limit = options.get("memory_limit_bytes")
         if limit:
             resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        inputs = np.load(req["inputs"], allow_pickle=False)
-        infer, runtime_name = load(str(req["format"]), str(req["model"]), options)
+        infer, runtime_name = load(fmt, str(req["model"]), options)
         outs, lat = [], []
         for i in range(inputs.shape[0]):
             x = inputs[i : i + 1]

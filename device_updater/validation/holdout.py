@@ -68,11 +68,12 @@ def _load_npz(path: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as zf:
             members = {i.filename: i for i in zf.infolist()}
+            for key in ("inputs", "labels"):
+                if f"{key}.npy" not in members:
+                    raise HoldoutError(f"{path.name} has no '{key}' array")
             out = []
             for key in ("inputs", "labels"):
-                info = members.get(f"{key}.npy")
-                if info is None:
-                    raise HoldoutError(f"{path.name} has no '{key}' array")
+                info = members[f"{key}.npy"]
                 if info.file_size > limit + 4096:
                     raise HoldoutError(f"{path.name}:{key} expands to {info.file_size} bytes, "
                                        f"over the {limit}-byte holdout limit")
