@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from edgepkg.errors import Error as CoreError
 from update_server.releases import Release
 
 _SEMVER = re.compile(
@@ -50,7 +51,7 @@ def _newer(candidate: str, running: str | None) -> bool | None:
         return True
     try:
         return parse_version(candidate) > parse_version(running)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, CoreError):
         return None
 
 
