@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,5 +163,11 @@ def test_rollout_gauges_on_metrics(api: Api) -> None:
 
 def test_openapi_documents_rollout_routes(api: Api) -> None:
     paths = api.client.get("/api/openapi.json").json["paths"]
+    doc = api.client.get("/api/openapi.json").json
     for p in ("/api/v1/rollouts", "/api/v1/rollouts/{rollout_id}/pause", "/api/v1/alerts"):
         assert p in paths
+        for op in paths[p].values():
+            for sec in op["security"]:
+                assert set(sec) <= set(doc["components"]["securitySchemes"])
+    refs = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(paths))
+    assert set(refs) <= set(doc["components"]["schemas"])

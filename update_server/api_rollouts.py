@@ -184,9 +184,12 @@ def register_metrics(app: Flask) -> None:
 
 # --- OpenAPI ---------------------------------------------------------------------------------
 
-_ERR = {"$ref": "#/components/responses/Error"}
+_ERR: dict[str, Any] = {
+    "description": 'JSON error {"error": {"code", "message"}}',
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 _ID = {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_SEC = [{"bearer": []}]
+_SEC: list[dict[str, list[str]]] = [{"operatorToken": []}]
 
 ROLLOUT_SCHEMA: dict[str, Any] = {
     "type": "object",
