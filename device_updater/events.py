@@ -145,16 +145,20 @@ class EventQueue:
             if dropped:
                 ev["details"]["dropped_events"] = dropped
             seq = entries[-1][0] + 1 if entries else 1
-            atomic_write_json(self.path / f"{seq:020d}-{ev['id']}.json", ev)
-            if dropped:
-                remove_durably(self._dropped_path())
             excess = len(entries) + 1 - self.max_events
             if excess > 0:
+                # Make room first, so a kill at any point never leaves more than max_events.
+                # Count before deleting: a kill in between over-reports, never under-reports.
                 victims = [p for _, _, p in entries[:excess]]
-                # Count first, then delete: a kill in between over-reports, never under-reports.
-                atomic_write_json(self._dropped_path(), excess)
+                atomic_write_json(self._dropped_path(), dropped + excess)
                 remove_durably(*victims)
                 log.warning("event queue full: dropped %d oldest events", excess)
+            atomic_write_json(self.path / f"{seq:020d}-{ev['id']}.json", ev)
+            if dropped or excess > 0:
+                if excess > 0:
+                    atomic_write_json(self._dropped_path(), excess)
+                else:
+                    remove_durably(self._dropped_path())
         return str(ev["id"])
 
     def pending(self, limit: int = 100) -> list[dict[str, Any]]:
