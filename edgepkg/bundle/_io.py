@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from edgepkg._atomic import atomic_output
+from edgepkg._pipeline import BackgroundWriter
 from edgepkg.bundle._container import (
     Header,
     Signature,
@@ -126,13 +127,12 @@ def write_bundle(
     wrapped = {kid: wrap_data_key(data_key, pub, info) for kid, pub in by_id.items()}
     with atomic_output(out_path) as out:
         out.write(encode_header(manifest_bytes, signature, wrapped, payload_length=0))
-        written = 0
         chunks = _compressed_chunks(payload_path, chunk_size, level, threads, progress)
-        for sealed in seal_chunks(data_key, chunks, manifest_hash):
-            out.write(sealed)
-            written += len(sealed)
+        with BackgroundWriter(out) as writer:
+            for sealed in seal_chunks(data_key, chunks, manifest_hash):
+                writer.write(sealed)
         out.seek(payload_length_offset())
-        out.write(struct.pack(">Q", written))
+        out.write(struct.pack(">Q", writer.written))
         out.seek(0, os.SEEK_END)
     return manifest
 
@@ -162,11 +162,12 @@ class _CountingReader:
 def _compressed_chunks(
     path: str | os.PathLike[str], chunk_size: int, level: int, threads: int, progress: Progress | None
 ) -> Iterator[bytes]:
+    # Small reads keep the multi-threaded compressor's input buffering (and so RSS) low.
     cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=False)
     buf = bytearray()
     with open(path, "rb") as fh:
         for piece in cctx.read_to_iter(
-            _CountingReader(fh, progress), read_size=READ_BLOCK, write_size=chunk_size
+            _CountingReader(fh, progress), read_size=1 << 20, write_size=chunk_size
         ):
             buf += piece
             while len(buf) >= chunk_size:
@@ -359,7 +360,7 @@ def unpack_bundle(
 ) -> Manifest:
     """Decrypt a bundle to ``out_path`` atomically; on any failure nothing is left behind."""
     reader = BundleReader(path, keys=keys, trusted_keys=trusted_keys)
-    with atomic_output(out_path, mode) as out:
+    with atomic_output(out_path, mode) as out, BackgroundWriter(out) as writer:
         for block in reader.chunks(progress):
-            out.write(block)
+            writer.write(block)
     return reader.manifest
