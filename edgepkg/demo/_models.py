@@ -38,8 +38,9 @@ def make_data(n_train: int = 4000, n_holdout: int = 4000, seed: int = 0) -> Demo
     return DemoData(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
-def holdout_slices(data: DemoData, devices: int, per_device: int = 300) -> list[tuple[np.ndarray,
-                                                                                     np.ndarray]]:
+def holdout_slices(
+    data: DemoData, devices: int, per_device: int = 300
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """A distinct holdout slice per device (wrapping around when devices are many)."""
     n = len(data.y_holdout)
     out = []
@@ -49,8 +50,9 @@ def holdout_slices(data: DemoData, devices: int, per_device: int = 300) -> list[
     return out
 
 
-def _train(x: np.ndarray, y: np.ndarray, w: Weights, *, epochs: int, lr: float,
-           train_hidden: bool) -> Weights:
+def _train(
+    x: np.ndarray, y: np.ndarray, w: Weights, *, epochs: int, lr: float, train_hidden: bool
+) -> Weights:
     (w1, b1), (w2, b2) = [(a.copy(), b.copy()) for a, b in w]
     onehot = np.eye(CLASSES, dtype=np.float32)[y]
     for _ in range(epochs):
@@ -73,8 +75,9 @@ def train_versions(data: DemoData, seed: int = 0) -> dict[str, Weights]:
     w2 = rng.normal(0, np.sqrt(1.0 / HIDDEN), size=(HIDDEN, CLASSES)).astype(np.float32)
     init: Weights = [(w1, np.zeros(HIDDEN, np.float32)), (w2, np.zeros(CLASSES, np.float32))]
     small = len(data.y_train) // 6
-    v1 = _train(data.x_train[:small], data.y_train[:small], init, epochs=8, lr=0.05,
-                train_hidden=True)
+    v1 = _train(
+        data.x_train[:small], data.y_train[:small], init, epochs=8, lr=0.05, train_hidden=True
+    )
     v2 = _train(data.x_train, data.y_train, v1, epochs=60, lr=0.3, train_hidden=False)
     corrupted = data.y_train.copy()
     flip = rng.random(len(corrupted)) < 0.7
