@@ -9,32 +9,53 @@ from update_server.releases import ReleaseTarget
 
 
 def rel(name: str, version: str, kind: str = "full", base: str | None = None) -> ReleaseTarget:
-    path = (f"models/{name}/{version}/{name}-{version}.edgepkg" if kind == "full"
-            else f"models/{name}/{version}/delta-from-{base}.edgepkg")
+    path = (
+        f"models/{name}/{version}/{name}-{version}.edgepkg"
+        if kind == "full"
+        else f"models/{name}/{version}/delta-from-{base}.edgepkg"
+    )
     return ReleaseTarget(name, version, kind, path, 1, "0" * 64, base, {})
 
 
-RELEASES = [rel("m", "1.0.0"), rel("m", "2.0.0"), rel("m", "2.0.0", "delta", "1.0.0"),
-            rel("other", "3.0.0")]
+RELEASES = [
+    rel("m", "1.0.0"),
+    rel("m", "2.0.0"),
+    rel("m", "2.0.0", "delta", "1.0.0"),
+    rel("other", "3.0.0"),
+]
 
 
 def ask(version: str, **kw: Any) -> dict[str, Any]:
-    return {"action": "install", "model": "m", "version": version,
-            "target": f"models/m/{version}/m-{version}.edgepkg", "rollout_id": "r1", **kw}
+    return {
+        "action": "install",
+        "model": "m",
+        "version": version,
+        "target": f"models/m/{version}/m-{version}.edgepkg",
+        "rollout_id": "r1",
+        **kw,
+    }
 
 
 def test_upgrade_passes_and_gets_the_delta_from_the_running_version() -> None:
     out = safe_assignments([ask("2.0.0")], RELEASES, {"m": "1.0.0"})
-    assert out == [{"action": "install", "model": "m", "version": "2.0.0",
-                    "target": "models/m/2.0.0/m-2.0.0.edgepkg",
-                    "delta_target": "models/m/2.0.0/delta-from-1.0.0.edgepkg",
-                    "rollout_id": "r1", "allow_downgrade": False}]
+    assert out == [
+        {
+            "action": "install",
+            "model": "m",
+            "version": "2.0.0",
+            "target": "models/m/2.0.0/m-2.0.0.edgepkg",
+            "delta_target": "models/m/2.0.0/delta-from-1.0.0.edgepkg",
+            "rollout_id": "r1",
+            "allow_downgrade": False,
+        }
+    ]
 
 
 def test_delta_for_another_base_is_dropped_but_full_target_kept() -> None:
     out = safe_assignments(
         [ask("2.0.0", delta_target="models/m/2.0.0/delta-from-1.0.0.edgepkg")],
-        RELEASES, {"m": "1.5.0"},
+        RELEASES,
+        {"m": "1.5.0"},
     )
     assert out[0]["delta_target"] is None and out[0]["version"] == "2.0.0"
 
@@ -57,8 +78,11 @@ def test_no_downgrade_unless_operator_rollback() -> None:
 
 
 def test_one_assignment_per_model_and_junk_ignored() -> None:
-    out = safe_assignments([ask("2.0.0"), ask("2.0.0"), "junk", {"action": "dance"}],  # type: ignore[list-item]
-                           RELEASES, {})
+    out = safe_assignments(
+        [ask("2.0.0"), ask("2.0.0"), "junk", {"action": "dance"}],  # type: ignore[list-item]
+        RELEASES,
+        {},
+    )
     assert len(out) == 1 and out[0]["delta_target"] is None
 
 

@@ -20,8 +20,13 @@ from update_server.testing import SoftwareDevice
 
 @pytest.fixture
 def app(server_db_url: str, tmp_path: Path) -> Iterator[Flask]:
-    cfg = load_config(env={}, database_url=server_db_url, repo_dir=str(tmp_path),
-                      max_content_length=64 * 1024, testing=True)
+    cfg = load_config(
+        env={},
+        database_url=server_db_url,
+        repo_dir=str(tmp_path),
+        max_content_length=64 * 1024,
+        testing=True,
+    )
     app = create_app(cfg)
     yield app
     get_db(app).dispose()
@@ -31,8 +36,9 @@ def _enroll(app: Flask) -> SoftwareDevice:
     with get_db(app).session() as s:
         _, token = create_enrollment_token(s)
     dev = SoftwareDevice()
-    r = app.test_client().post("/api/v1/enroll", data=dev.enroll_body(token),
-                               content_type="application/json")
+    r = app.test_client().post(
+        "/api/v1/enroll", data=dev.enroll_body(token), content_type="application/json"
+    )
     assert r.status_code == 201
     return dev
 
@@ -74,12 +80,30 @@ BAD_EVENTS: list[Any] = [
     {"events": [{"id": "not-a-uuid", "type": "installed", "time": "2025-01-01T00:00:00Z"}]},
     {"events": [{"id": str(uuid.uuid4()), "type": "installed", "time": "yesterday"}]},
     {"events": [{"id": str(uuid.uuid4()), "type": "installed", "time": 5}]},
-    {"events": [{"id": str(uuid.uuid4()), "type": "installed", "time": "2025-01-01T00:00:00Z",
-                 "details": "x"}]},
-    {"events": [{"id": str(uuid.uuid4()), "type": "installed", "time": "2025-01-01T00:00:00Z",
-                 "rollout_id": "../x"}]},
-    {"events": [{"id": str(uuid.uuid4()), "type": "installed",
-                 "time": "2025-01-01T00:00:00Z"}] * 501},
+    {
+        "events": [
+            {
+                "id": str(uuid.uuid4()),
+                "type": "installed",
+                "time": "2025-01-01T00:00:00Z",
+                "details": "x",
+            }
+        ]
+    },
+    {
+        "events": [
+            {
+                "id": str(uuid.uuid4()),
+                "type": "installed",
+                "time": "2025-01-01T00:00:00Z",
+                "rollout_id": "../x",
+            }
+        ]
+    },
+    {
+        "events": [{"id": str(uuid.uuid4()), "type": "installed", "time": "2025-01-01T00:00:00Z"}]
+        * 501
+    },
 ]
 
 
@@ -124,19 +148,25 @@ def test_bad_headers_and_unknown_routes(app: Flask) -> None:
     ]
     for headers in variants:
         _assert_json_4xx(client.post(path, data=data, headers=headers), headers)
-    for method, url in [("GET", "/api/v1/nope"), ("DELETE", "/api/v1/enroll"),
-                        ("GET", f"/api/v1/devices/{'0' * 64}/rollouts/x"),
-                        ("POST", "/api/v1/devices/x/checkin")]:
+    for method, url in [
+        ("GET", "/api/v1/nope"),
+        ("DELETE", "/api/v1/enroll"),
+        ("GET", f"/api/v1/devices/{'0' * 64}/rollouts/x"),
+        ("POST", "/api/v1/devices/x/checkin"),
+    ]:
         _assert_json_4xx(client.open(url, method=method), url)
 
 
 def test_bad_enrollments_and_huge_bodies(app: Flask) -> None:
     client = app.test_client()
-    for body in [{}, {"enrollment_token": 5, "public_key_pem": "x"},
-                 {"enrollment_token": "t", "public_key_pem": "-----BEGIN PUBLIC KEY-----\nxx"},
-                 {"enrollment_token": "t", "public_key_pem": "x" * 10000},
-                 {"enrollment_token": "t", "public_key_pem": "x", "tags": "a"},
-                 {"enrollment_token": "t", "public_key_pem": "x", "tags": ["bad tag"]}]:
+    for body in [
+        {},
+        {"enrollment_token": 5, "public_key_pem": "x"},
+        {"enrollment_token": "t", "public_key_pem": "-----BEGIN PUBLIC KEY-----\nxx"},
+        {"enrollment_token": "t", "public_key_pem": "x" * 10000},
+        {"enrollment_token": "t", "public_key_pem": "x", "tags": "a"},
+        {"enrollment_token": "t", "public_key_pem": "x", "tags": ["bad tag"]},
+    ]:
         _assert_json_4xx(client.post("/api/v1/enroll", json=body), body)
     huge = b'{"enrollment_token": "' + b"a" * 200_000 + b'"}'
     r = client.post("/api/v1/enroll", data=huge, content_type="application/json")
@@ -148,8 +178,13 @@ def test_bad_operator_inputs(app: Flask) -> None:
         _, admin = create_operator_token(s, name="a", role="admin")
     client = app.test_client()
     h = {"Authorization": f"Bearer {admin}"}
-    for body in [{"max_uses": 0}, {"max_uses": "many"}, {"expires_in_s": -5},
-                 {"expires_at": "someday"}, {"tags": [1]}]:
+    for body in [
+        {"max_uses": 0},
+        {"max_uses": "many"},
+        {"expires_in_s": -5},
+        {"expires_at": "someday"},
+        {"tags": [1]},
+    ]:
         _assert_json_4xx(client.post("/api/v1/enrollment-tokens", json=body, headers=h), body)
     for q in ("?limit=0", "?limit=x", "?offset=-1", "?status=weird"):
         _assert_json_4xx(client.get("/api/v1/devices" + q, headers=h), q)
@@ -187,10 +222,20 @@ def test_metrics_need_a_token_and_count_requests_and_devices(app: Flask) -> None
     client = app.test_client()
     dev = _enroll(app)
     path = f"/api/v1/devices/{dev.device_id}/checkin"
-    body = json.dumps({"models": {"det": {"active_slot": "a", "slots": {
-        "a": {"version": "1.2.0", "sha256": "a" * 64}}}}}).encode()
-    assert client.post(path, data=body,
-                       headers=dev.signed_headers("POST", path, body)).status_code == 200
+    body = json.dumps(
+        {
+            "models": {
+                "det": {
+                    "active_slot": "a",
+                    "slots": {"a": {"version": "1.2.0", "sha256": "a" * 64}},
+                }
+            }
+        }
+    ).encode()
+    assert (
+        client.post(path, data=body, headers=dev.signed_headers("POST", path, body)).status_code
+        == 200
+    )
     assert client.get("/metrics").status_code == 401
     with get_db(app).session() as s:
         _, viewer = create_operator_token(s, name="prom", role="viewer")
@@ -209,9 +254,9 @@ def test_unexpected_errors_are_json_500_without_details(tmp_path: Path) -> None:
     with get_db(app).session() as s:
         _ = s
     dev = SoftwareDevice()
-    r = app.test_client().post("/api/v1/enroll", data=dev.enroll_body("epe_x"),
-                               content_type="application/json")
+    r = app.test_client().post(
+        "/api/v1/enroll", data=dev.enroll_body("epe_x"), content_type="application/json"
+    )
     assert r.status_code == 500
-    assert r.get_json() == {"error": {"code": "internal_error",
-                                      "message": "internal server error"}}
+    assert r.get_json() == {"error": {"code": "internal_error", "message": "internal server error"}}
     get_db(app).dispose()

@@ -36,11 +36,28 @@ def test_migrations_from_empty_match_the_models(db_url: str) -> None:
 def test_cli_init_db_and_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert main(["--database-url", url, "init-db"]) == 0
-    assert main(["--database-url", url, "--json", "create-token", "--role", "release",
-                 "--name", "ci"]) == 0
+    assert (
+        main(["--database-url", url, "--json", "create-token", "--role", "release", "--name", "ci"])
+        == 0
+    )
     token = json.loads(capsys.readouterr().out.split("\n", 1)[1])["token"]
-    assert main(["--database-url", url, "--json", "create-enrollment", "--uses", "50",
-                 "--expires", "7d", "--tags", "site:a,cam"]) == 0
+    assert (
+        main(
+            [
+                "--database-url",
+                url,
+                "--json",
+                "create-enrollment",
+                "--uses",
+                "50",
+                "--expires",
+                "7d",
+                "--tags",
+                "site:a,cam",
+            ]
+        )
+        == 0
+    )
     enrollment = json.loads(capsys.readouterr().out)
     db = Database(url)
     with db.session() as s:
@@ -54,14 +71,28 @@ def test_cli_init_db_and_credentials(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "update_server", "--database-url",
-         f"sqlite:///{tmp_path / 'nope' / 'x.db'}", "create-enrollment", "--tags", "bad tag!"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "update_server",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'nope' / 'x.db'}",
+            "create-enrollment",
+            "--tags",
+            "bad tag!",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "error" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "update_server", "create-token"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "update_server", "create-token"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
 
 
@@ -73,7 +104,7 @@ def test_config_from_toml_and_env(tmp_path: Path) -> None:
     path.write_text('database_url = "sqlite:///a.db"\npoll_interval = 60\n')
     cfg = load_config(path, env={"EDGEPKG_SERVER_POLL_INTERVAL": "90"})
     assert cfg.database_url == "sqlite:///a.db" and cfg.poll_interval == 90
-    path.write_text('pol_interval = 60\n')
+    path.write_text("pol_interval = 60\n")
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(path, env={})
     with pytest.raises(ConfigError):

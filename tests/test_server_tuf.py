@@ -34,8 +34,9 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(repo: Path, tmp_path: Path) -> Iterator[FlaskClient]:
-    cfg = load_config(env={}, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                      repo_dir=str(repo), testing=True)
+    cfg = load_config(
+        env={}, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", repo_dir=str(repo), testing=True
+    )
     app = create_app(cfg)
     yield app.test_client()
     get_db(app).dispose()
@@ -139,16 +140,23 @@ def _write_chain(repo: Path, targets: dict[str, object]) -> None:
 
 def test_fallback_reader_lists_current_unrevoked_edgepkg_targets(repo: Path) -> None:
     def ep(version: str, kind: str = "full", **extra: object) -> dict[str, object]:
-        return {"length": 5, "hashes": {"sha256": "ab" * 32}, "custom": {"edgepkg": {
-            "kind": kind, "name": "detector", "version": version, **extra}}}
+        return {
+            "length": 5,
+            "hashes": {"sha256": "ab" * 32},
+            "custom": {"edgepkg": {"kind": kind, "name": "detector", "version": version, **extra}},
+        }
 
-    _write_chain(repo, {
-        "models/detector/1.0.0/detector-1.0.0.edgepkg": ep("1.0.0"),
-        "models/detector/1.1.0/detector-1.1.0.edgepkg": ep("1.1.0", revoked=True),
-        "models/detector/1.1.0/delta-from-1.0.0.edgepkg": ep(
-            "1.1.0", "delta", delta={"base_version": "1.0.0"}),
-        "README.txt": {"length": 1, "hashes": {"sha256": "00" * 32}},
-    })
+    _write_chain(
+        repo,
+        {
+            "models/detector/1.0.0/detector-1.0.0.edgepkg": ep("1.0.0"),
+            "models/detector/1.1.0/detector-1.1.0.edgepkg": ep("1.1.0", revoked=True),
+            "models/detector/1.1.0/delta-from-1.0.0.edgepkg": ep(
+                "1.1.0", "delta", delta={"base_version": "1.0.0"}
+            ),
+            "README.txt": {"length": 1, "hashes": {"sha256": "00" * 32}},
+        },
+    )
     got = {(r.target_path, r.kind, r.base_version) for r in read_releases(repo)}
     assert got == {
         ("models/detector/1.0.0/detector-1.0.0.edgepkg", "full", None),

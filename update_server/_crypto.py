@@ -19,6 +19,7 @@ def public_key_id(public_key: ec.EllipticCurvePublicKey) -> str:
     )
     return hashlib.sha256(der).hexdigest()
 
+
 MAX_PEM_BYTES = 4096
 
 

@@ -27,7 +27,6 @@ from update_server.errors import (
     BadRequestError,
     ConflictError,
     NotFoundError,
-    UnauthorizedError,
 )
 from update_server.models import EVENT_TYPES, Device, DeviceModel, EnrollmentToken, Event
 
@@ -76,7 +75,9 @@ def enroll() -> ResponseReturnValue:
     existing = db.get(Device, device_id)
     if existing is not None:
         # A retry after a lost reply: same key, same token -> same answer, no second use.
-        row = db.scalar(select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(token)))
+        row = db.scalar(
+            select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(token))
+        )
         if row is not None and existing.enrollment_token_id == row.id and existing.enabled:
             return jsonify(device_id=device_id, poll_interval=cfg.poll_interval), 200
         raise ConflictError("a device with this key is already enrolled", code="already_enrolled")
@@ -138,7 +139,7 @@ def _parse_models(raw: Any, limit: int) -> dict[str, dict[str, Any]]:
                 raise BadRequestError(f"models[{name!r}].slots.{slot}.version is invalid")
             if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
                 raise BadRequestError(f"models[{name!r}].slots.{slot}.sha256 must be hex SHA-256")
-            slots[slot] = {"version": version, "sha256": sha}
+            slots[slot] = {"version": version, "sha256": sha}  # type: ignore[dict-item]
         out[name] = {"active_slot": active, "slots": slots}
     return out
 
@@ -287,11 +288,11 @@ def post_events(device_id: str) -> ResponseReturnValue:
         parsed.setdefault(e["id"], e)
     now = _now()
     insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-    table = Event.__table__
+    table = Event.__table__  # a Table
     accepted_ids: list[str] = []
     for e in parsed.values():
         stmt = (
-            insert(table)
+            insert(table)  # type: ignore[arg-type]
             .values(device_id=device.id, received_at=now, **e)
             .on_conflict_do_nothing(index_elements=["device_id", "id"])
             .returning(table.c.seq)
@@ -330,6 +331,3 @@ def rollout_status(device_id: str, rollout_id: str) -> ResponseReturnValue:
     if status is None:
         raise NotFoundError("no such rollout")
     return jsonify(rollout_id=rollout_id, status=status)
-
-
-__all__ = ["bp", "UnauthorizedError"]

@@ -15,8 +15,8 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from update_server import api_devices, api_operator, auth, metrics, openapi, tuf_files
-from update_server.config import ServerConfig, load_config
 from update_server._services import rollout_service
+from update_server.config import ServerConfig, load_config
 from update_server.db import Database
 from update_server.errors import Error
 from update_server.releases import Release, ReleaseCache

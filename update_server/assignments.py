@@ -27,7 +27,7 @@ def parse_version(version: str) -> tuple[Any, ...]:
     try:
         from edgepkg.bundle import parse_version as core_parse  # type: ignore[attr-defined]
     except ImportError:
-        core_parse = None
+        core_parse = None  # type: ignore[assignment]
     if core_parse is not None:
         return tuple(core_parse(version))
     m = _SEMVER.match(version)

@@ -27,7 +27,6 @@ from typing import Any, TypeVar, cast
 
 from flask import (
     Blueprint,
-    current_app,
     g,
     redirect,
     render_template,
@@ -159,9 +158,7 @@ def consume_enrollment_token(db: Session, plaintext: str, now: dt.datetime) -> E
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise UnauthorizedError(
-            "enrollment token is used up", code="enrollment_token_used_up"
-        )
+        raise UnauthorizedError("enrollment token is used up", code="enrollment_token_used_up")
     db.refresh(row)
     return row
 

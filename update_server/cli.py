@@ -19,7 +19,7 @@ import re
 import secrets
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -55,7 +55,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     return load_config(args.config, **overrides)
 
 
-def _print(args: argparse.Namespace, data: dict[str, object], text: str) -> None:
+def _print(args: argparse.Namespace, data: Mapping[str, object], text: str) -> None:
     print(json.dumps(data, indent=2) if args.json else text)
 
 

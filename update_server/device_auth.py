@@ -113,7 +113,7 @@ def _record_nonce(
     session: Session, device_id: str, nonce: str, now: dt.datetime, window_s: int
 ) -> None:
     expires = now + dt.timedelta(seconds=2 * window_s + 1)
-    if random.random() < _PURGE_PROBABILITY:  # noqa: S311 - housekeeping, not security
+    if random.random() < _PURGE_PROBABILITY:  # housekeeping, not security
         session.execute(delete(Nonce).where(Nonce.expires_at < now))
     session.add(Nonce(device_id=device_id, nonce=nonce, expires_at=expires))
     try:

@@ -76,9 +76,7 @@ class FleetCollector:
                 )
             ):
                 by_version.add_metric([model, version or "none"], n)
-            for status, n in s.execute(
-                select(Device.status, func.count()).group_by(Device.status)
-            ):
+            for status, n in s.execute(select(Device.status, func.count()).group_by(Device.status)):
                 by_status.add_metric([status], n)
         yield by_version
         yield by_status

@@ -103,9 +103,7 @@ class Event(Base):
 
     seq: Mapped[int] = mapped_column(_BigIntPK, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64))
-    device_id: Mapped[str] = mapped_column(
-        ForeignKey("devices.id", ondelete="CASCADE"), index=True
-    )
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
     type: Mapped[str] = mapped_column(String(32), index=True)
     time: Mapped[dt.datetime] = mapped_column()
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

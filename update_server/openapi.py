@@ -30,8 +30,8 @@ ERRORS = {
     "404": _json(_ref("Error"), "Not found"),
     "413": _json(_ref("Error"), "Body too large"),
 }
-DEVICE_SEC = [{"deviceSignature": []}]
-OPERATOR_SEC = [{"operatorToken": []}]
+DEVICE_SEC: list[dict[str, list[str]]] = [{"deviceSignature": []}]
+OPERATOR_SEC: list[dict[str, list[str]]] = [{"operatorToken": []}]
 DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}
 ROLLOUT_ID = {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "string"}}
 TOKEN_ID = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -217,7 +217,11 @@ CORE_PATHS: dict[str, dict[str, Any]] = {
         "get": _op(
             "A device's events, newest first (operator)",
             security=OPERATOR_SEC,
-            params=[DEVICE_ID, *PAGE, {"name": "type", "in": "query", "schema": {"type": "string"}}],
+            params=[
+                DEVICE_ID,
+                *PAGE,
+                {"name": "type", "in": "query", "schema": {"type": "string"}},
+            ],
             role="viewer",
         ),
     },
@@ -308,8 +312,9 @@ CORE_PATHS: dict[str, dict[str, Any]] = {
         )
     },
     "/api/v1/releases": {
-        "get": _op("Current unrevoked releases in the TUF repository", security=OPERATOR_SEC,
-                   role="viewer")
+        "get": _op(
+            "Current unrevoked releases in the TUF repository", security=OPERATOR_SEC, role="viewer"
+        )
     },
     "/api/v1/whoami": {"get": _op("The calling operator", security=OPERATOR_SEC, role="viewer")},
 }

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+log = logging.getLogger("update_server.releases")
 
 MAX_METADATA_BYTES = 64 * 1024 * 1024
 
@@ -97,9 +100,14 @@ def read_releases(repo_dir: str | os.PathLike[str]) -> list[ReleaseTarget]:
         if not isinstance(ep, dict) or ep.get("revoked"):
             continue
         name, version, kind = ep.get("name"), ep.get("version"), ep.get("kind", "full")
-        if not isinstance(name, str) or not isinstance(version, str) or kind not in (
-            "full",
-            "delta",
+        if (
+            not isinstance(name, str)
+            or not isinstance(version, str)
+            or kind
+            not in (
+                "full",
+                "delta",
+            )
         ):
             continue
         delta = ep.get("delta") if isinstance(ep.get("delta"), dict) else None
@@ -124,8 +132,8 @@ def default_reader() -> Callable[[str | os.PathLike[str]], Sequence[Release]]:
     try:
         from edgepkg.repo import list_releases  # type: ignore[attr-defined]
     except ImportError:
-        return read_releases
-    return list_releases  # type: ignore[no-any-return]
+        return read_releases  # type: ignore[return-value]
+    return list_releases  # type: ignore[no-any-return,return-value]
 
 
 class ReleaseCache:
@@ -160,8 +168,10 @@ class ReleaseCache:
             reader = self._reader or default_reader()
             try:
                 releases = list(reader(self.repo_dir))
-            except Exception:  # noqa: BLE001 - a broken repo must not take check-ins down
-                releases = [] if self._stamp is None else self._releases
-                return releases
+            except Exception as exc:  # noqa: BLE001 - a broken repo must not take check-ins down
+                # Fail closed: assign nothing until the repository reads cleanly again.
+                log.warning("cannot read releases from %s: %s", self.repo_dir, exc)
+                self._releases, self._stamp = [], None
+                return []
             self._releases, self._stamp = releases, stamp
             return releases

@@ -8,6 +8,7 @@ import json
 import secrets
 import time
 from typing import Any
+
 from update_server._crypto import new_device_key, public_key_id, public_pem, sign_device_message
 from update_server.device_auth import (
     HEADER_DEVICE,

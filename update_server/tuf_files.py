@@ -94,5 +94,3 @@ def metadata(filename: str) -> ResponseReturnValue:
 def targets(filename: str) -> ResponseReturnValue:
     cfg: ServerConfig = current_app.config["EDGEPKG"]
     return _serve("targets", filename, f"public, max-age={cfg.targets_max_age_s}, immutable")
-
-

@@ -1,0 +1,371 @@
+"""Load benchmark of the update server: signed check-ins + TUF timestamp polls under gunicorn.
+
+    .venv/bin/python bench/server_load.py [--devices 1000] [--seconds 20] [--workers 4]
+        [--clients 2] [--threads 8] [--backend postgres --backend sqlite] [--json]
+
+For each backend: migrate a fresh database (SQLite file in WAL mode, or a temporary PostgreSQL
+cluster started like the test fixture), register N devices with real P-256 keys, start gunicorn
+with W sync workers on 127.0.0.1, and run C client *processes* x T threads for a fixed time.
+Each client request is a signed ``POST /api/v1/devices/<id>/checkin`` (4 in 5) or a
+``GET /tuf/metadata/timestamp.json`` poll (1 in 5), one new TCP connection per request (sync
+workers close connections). Reports sustained requests/s, p50/p99 per kind, errors, and the CPU
+split between load generator, server and database, because on a small box they share cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cryptography.hazmat.primitives import serialization
+
+from update_server import schema
+from update_server._crypto import new_device_key, public_key_id, public_pem
+from update_server.db import Database, utcnow
+from update_server.models import Device
+
+CHECKIN_SHARE = 0.8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_total() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [float(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _proc_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            parts = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += float(parts[11]) + float(parts[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = [pid]
+    try:
+        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        return out
+    for k in kids:
+        out.extend(_children(int(k)))
+    return out
+
+
+def _pids_named(name: str) -> list[int]:
+    pids = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if open(f"/proc/{p}/comm").read().strip() == name:
+                    pids.append(int(p))
+            except OSError:
+                pass
+    return pids
+
+
+def _client_proc(
+    port: int, keys_der: list[bytes], seconds: float, threads: int, q: Any, seed: int
+) -> None:
+    from update_server.testing import SoftwareDevice
+
+    devices = []
+    for der in keys_der:
+        d = SoftwareDevice.__new__(SoftwareDevice)
+        d._key = serialization.load_der_private_key(der, None)  # type: ignore[assignment]
+        d.public_key_pem = public_pem(d._key)  # type: ignore[arg-type]
+        d.device_id = public_key_id(d._key.public_key())  # type: ignore[union-attr]
+        devices.append(d)
+    results: list[tuple[str, float, int]] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+    t_cpu0 = time.process_time()
+
+    def run(tid: int) -> None:
+        rnd = random.Random(seed * 1000 + tid)
+        local: list[tuple[str, float, int]] = []
+        while time.monotonic() < deadline:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                if rnd.random() < CHECKIN_SHARE:
+                    dev = rnd.choice(devices)
+                    path = f"/api/v1/devices/{dev.device_id}/checkin"
+                    body = json.dumps(
+                        {
+                            "models": {
+                                "detector": {
+                                    "active_slot": "a",
+                                    "slots": {
+                                        "a": {"version": "1.0.0", "sha256": "ab" * 32},
+                                        "b": None,
+                                    },
+                                }
+                            },
+                            "state": "IDLE",
+                            "health": {
+                                "latency_p50_ms": 4.1,
+                                "latency_p95_ms": 9.3,
+                                "errors": 0,
+                                "last_metric": 0.93,
+                            },
+                            "free_disk_bytes": 12_000_000_000,
+                            "last_error": None,
+                        }
+                    ).encode()
+                    headers = dev.signed_headers("POST", path, body)
+                    t0 = time.perf_counter()
+                    conn.request("POST", path, body=body, headers=headers)
+                    kind = "checkin"
+                else:
+                    t0 = time.perf_counter()
+                    conn.request("GET", "/tuf/metadata/timestamp.json")
+                    kind = "timestamp"
+                resp = conn.getresponse()
+                resp.read()
+                local.append((kind, time.perf_counter() - t0, resp.status))
+            except OSError:
+                local.append(("error", 0.0, 0))
+            finally:
+                conn.close()
+        with lock:
+            results.extend(local)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    q.put((results, time.process_time() - t_cpu0))
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] * 1000
+
+
+def run_backend(backend: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    cluster = None
+    if backend == "postgres":
+        from tests.fixtures.postgres import PostgresCluster, _pg_bin
+
+        bin_dir = _pg_bin()
+        if bin_dir is None:
+            return {"backend": backend, "skipped": "PostgreSQL binaries not found"}
+        base = Path(tempfile.mkdtemp(prefix="edgepkg-bench-pg-"))
+        cluster = PostgresCluster(bin_dir, base)
+        cluster.start()
+        url = cluster.create_database("bench")
+    else:
+        url = f"sqlite:///{work / 'bench.db'}"
+    try:
+        schema.upgrade(url)
+        keys = [new_device_key() for _ in range(args.devices)]
+        db = Database(url)
+        now = utcnow()
+        with db.session() as s:
+            for k in keys:
+                s.add(
+                    Device(
+                        id=public_key_id(k.public_key()),
+                        public_key_pem=public_pem(k),
+                        tags=["bench"],
+                        facts={},
+                        created_at=now,
+                    )
+                )
+        db.dispose()
+        repo = work / "repo"
+        (repo / "metadata").mkdir(parents=True, exist_ok=True)
+        (repo / "metadata" / "timestamp.json").write_text(
+            json.dumps(
+                {
+                    "signed": {
+                        "_type": "timestamp",
+                        "version": 1,
+                        "meta": {"snapshot.json": {"version": 1}},
+                    },
+                    "signatures": [],
+                }
+            )
+        )
+        port = _free_port()
+        env = dict(os.environ)
+        env.update(
+            {
+                "EDGEPKG_SERVER_DATABASE_URL": url,
+                "EDGEPKG_SERVER_REPO_DIR": str(repo),
+                "EDGEPKG_SERVER_SECRET_KEY": "bench-secret",
+                "EDGEPKG_SERVER_DB_POOL_SIZE": "2",
+                "PROMETHEUS_MULTIPROC_DIR": str(Path(tempfile.mkdtemp(prefix="prom-", dir=work))),
+            }
+        )
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "update_server.wsgi:app",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(args.workers),
+                "--worker-class",
+                "sync",
+                "--log-level",
+                "warning",
+                "--backlog",
+                "2048",
+            ],
+            env=env,
+            cwd=str(ROOT),
+            start_new_session=True,
+        )
+        try:
+            for _ in range(200):
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                    c.request("GET", "/healthz")
+                    if c.getresponse().status == 200:
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            else:
+                raise RuntimeError("gunicorn did not start")
+            ders = [
+                k.private_bytes(
+                    serialization.Encoding.DER,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+                for k in keys
+            ]
+            shares = [ders[i :: args.clients] for i in range(args.clients)]
+            q: Any = mp.get_context("fork").Queue()
+            # Warm-up (connections, caches), then the measured run.
+            _run_clients(port, shares, min(3.0, args.seconds), args.threads, q)
+            server_pids = _children(server.pid)
+            pg_pids = _pids_named("postgres") if cluster else []
+            busy0, total0 = _cpu_total()
+            srv0, pg0 = _proc_cpu(server_pids), _proc_cpu(pg_pids)
+            t0 = time.monotonic()
+            results, client_cpu = _run_clients(port, shares, args.seconds, args.threads, q)
+            elapsed = time.monotonic() - t0
+            busy1, total1 = _cpu_total()
+            srv_cpu = _proc_cpu(server_pids) - srv0
+            pg_cpu = _proc_cpu(pg_pids) - pg0
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+        hz = os.sysconf("SC_CLK_TCK")
+        machine_busy = (busy1 - busy0) / hz
+        ok_checkins = [d for k, d, s in results if k == "checkin" and s == 200]
+        ok_ts = [d for k, d, s in results if k == "timestamp" and s == 200]
+        errors = sum(1 for k, _, s in results if k == "error" or s != 200)
+        return {
+            "backend": backend,
+            "devices": args.devices,
+            "workers": args.workers,
+            "client_processes": args.clients,
+            "client_threads": args.threads,
+            "seconds": round(elapsed, 1),
+            "requests_per_s": round((len(ok_checkins) + len(ok_ts)) / elapsed, 1),
+            "checkins_per_s": round(len(ok_checkins) / elapsed, 1),
+            "checkin_p50_ms": round(_pct(ok_checkins, 50), 1),
+            "checkin_p99_ms": round(_pct(ok_checkins, 99), 1),
+            "timestamp_p50_ms": round(_pct(ok_ts, 50), 1),
+            "timestamp_p99_ms": round(_pct(ok_ts, 99), 1),
+            "errors": errors,
+            "cpu_cores_busy": round(machine_busy / elapsed, 2),
+            "cpu_share_load_generator": round(client_cpu / machine_busy, 2)
+            if machine_busy
+            else None,
+            "cpu_share_app": round(srv_cpu / machine_busy, 2) if machine_busy else None,
+            "cpu_share_postgres": round(pg_cpu / machine_busy, 2) if machine_busy else None,
+            "loadavg_before": open("/proc/loadavg").read().split()[:3],
+        }
+    finally:
+        if cluster is not None:
+            cluster.stop()
+            shutil.rmtree(cluster.base, ignore_errors=True)
+
+
+def _run_clients(
+    port: int, shares: list[list[bytes]], seconds: float, threads: int, q: Any
+) -> tuple[list[tuple[str, float, int]], float]:
+    ctx = mp.get_context("fork")
+    procs = [
+        ctx.Process(target=_client_proc, args=(port, share, seconds, threads, q, i))
+        for i, share in enumerate(shares)
+    ]
+    for p in procs:
+        p.start()
+    results: list[tuple[str, float, int]] = []
+    cpu = 0.0
+    for _ in procs:
+        r, c = q.get(timeout=seconds + 120)
+        results.extend(r)
+        cpu += c
+    for p in procs:
+        p.join()
+    return results, cpu
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--clients", type=int, default=2)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--backend", action="append", choices=["postgres", "sqlite"])
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    backends = args.backend or ["postgres", "sqlite"]
+    work = Path(tempfile.mkdtemp(prefix="edgepkg-bench-"))
+    try:
+        results = [
+            run_backend(b, args, work / b)
+            for b in backends
+            if (work / b).mkdir(parents=True) is None
+        ]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
