@@ -24,8 +24,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgepkg._atomic import atomic_write_bytes
-from edgepkg.errors import Error
 from device_updater.tuf_client import (
     MAX_ROOT_BYTES,
     DeviceFetcher,
@@ -33,6 +31,8 @@ from device_updater.tuf_client import (
     TufSession,
     check_root_bytes,
 )
+from edgepkg._atomic import atomic_write_bytes
+from edgepkg.errors import Error
 
 
 class _Parser(argparse.ArgumentParser):

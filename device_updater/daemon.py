@@ -52,7 +52,7 @@ from device_updater.events import EventQueue, make_event
 from device_updater.facts import device_facts, unmet_requirements
 from device_updater.http import Assignment, DeviceAuth, DeviceClient, enroll
 from device_updater.keystore import Keystore, TrustAnchors, device_id, device_public_key_pem
-from device_updater.slots import BundleSealer, ModelSummary, SlotInfo, SlotStore
+from device_updater.slots import BundleSealer, ModelSummary, SlotInfo, SlotStore, other_slot
 from device_updater.state import (
     Committed,
     Downloaded,
@@ -191,6 +191,10 @@ def enroll_device(
     their SHA-256 / public keys become the token-held anchors every later cycle checks.
     """
     layout = Layout(config.state_dir)
+    if layout.enrollment.exists():
+        raise EnrollmentError(
+            f"this device is already enrolled ({layout.enrollment}); its trust anchors are not "
+            "replaced. To re-enroll, wipe the state directory and the token first.")
     layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     check_root_bytes(trusted_root)
     keystore.ensure_device_key()
@@ -840,6 +844,9 @@ class Agent:
         active = slots.active_name()
         if active is None:
             raise SlotError(f"no model {model} is installed; nothing to roll back")
+        if slots.info(other_slot(active)) is None:
+            raise SlotError(f"cannot roll back {model}: slot {other_slot(active)} holds no "
+                            "complete previous model")
         if st.phase is Phase.TRIAL:
             self._rollback(model, st, "operator rollback during the trial")
             info = slots.active()

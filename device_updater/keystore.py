@@ -23,11 +23,11 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from device_updater.errors import KeystoreError, UntrustedDeviceInputError
 from edgepkg import keys as ekeys
 from edgepkg._atomic import atomic_write_bytes
 from edgepkg.errors import Error as EdgepkgError
 from edgepkg.keys import PublicKey, RecipientKey, Signer
-from device_updater.errors import KeystoreError, UntrustedDeviceInputError
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from edgepkg._atomic import atomic_write_bytes
 from device_updater.errors import Error, TransportError, UntrustedDeviceInputError
 from device_updater.http import DeviceAuth
+from edgepkg._atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

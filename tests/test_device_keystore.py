@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from edgepkg.keys import load_public_key, public_key_id, verify_signature
 from device_updater.errors import KeystoreError
 from device_updater.keystore import (
     AnchorsMissingError,
@@ -18,6 +17,7 @@ from device_updater.keystore import (
     device_id,
     device_public_key_pem,
 )
+from edgepkg.keys import load_public_key, public_key_id, verify_signature
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -65,7 +65,7 @@ class TinyRepo:
         self.publish()
 
     def _expiry(self) -> datetime:
-        return (datetime.now(timezone.utc) + self.expires_in).replace(microsecond=0)
+        return (datetime.now(UTC) + self.expires_in).replace(microsecond=0)
 
     def _write(self, role: str, md: Metadata, *, versioned: bool) -> bytes:
         md.signatures.clear()
@@ -123,7 +123,7 @@ class RepoServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 outer.requests.append((self.path, dict(self.headers.items())))
                 path = (outer.root / self.path.lstrip("/")).resolve()
                 if not str(path).startswith(str(outer.root.resolve())) or not path.is_file():
