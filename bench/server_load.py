@@ -309,6 +309,12 @@ def run_backend(backend: str, args: argparse.Namespace, work: Path) -> dict[str,
             if machine_busy
             else None,
             "cpu_share_app": round(srv_cpu / machine_busy, 2) if machine_busy else None,
+            "app_cpu_ms_per_request": round(
+                1000 * srv_cpu / max(1, len(ok_checkins) + len(ok_ts)), 2
+            ),
+            "postgres_cpu_ms_per_request": round(
+                1000 * pg_cpu / max(1, len(ok_checkins) + len(ok_ts)), 2
+            ),
             "cpu_share_postgres": round(pg_cpu / machine_busy, 2) if machine_busy else None,
             "loadavg_before": open("/proc/loadavg").read().split()[:3],
         }

@@ -171,7 +171,7 @@ class ReleaseCache:
             except Exception as exc:  # noqa: BLE001 - a broken repo must not take check-ins down
                 # Fail closed: assign nothing until the repository reads cleanly again.
                 log.warning("cannot read releases from %s: %s", self.repo_dir, exc)
-                self._releases, self._stamp = [], None
+                self._releases, self._stamp = [], stamp  # retry when timestamp.json changes
                 return []
             self._releases, self._stamp = releases, stamp
             return releases
