@@ -432,6 +432,12 @@ def assignments_for_device(
     )
     if not running:
         return []
+    tags = tuple(device.tags or ())
+    running = [
+        r for r in running if eng.Selector(frozenset(r.selector.get("tags", []))).matches(tags)
+    ]
+    if not running:
+        return []
     versions = device.active_versions()
     mine = {
         row.rollout_id: row
@@ -444,7 +450,6 @@ def assignments_for_device(
     }
     out: list[dict[str, Any]] = []
     seen_models: set[str] = set()
-    tags = tuple(device.tags or ())
     for r in running:
         if r.model in seen_models:
             continue
@@ -595,6 +600,15 @@ def observe_health(session: Session, device: Device, now: dt.datetime) -> None:
         )
         return
     last = float(p95) if isinstance(p95, int | float) and not isinstance(p95, bool) else None
+    if (
+        old is not None
+        and old.samples >= al.BASELINE_MIN_SAMPLES
+        and abs(new.p95_ms - old.p95_ms) <= 0.01 * old.p95_ms
+        and row.last_p95_ms is not None
+        and last is not None
+        and abs(last - row.last_p95_ms) <= 0.05 * row.last_p95_ms
+    ):
+        return  # nothing worth a write on this check-in
     if new != old or row.last_p95_ms != last:
         row.p95_ms, row.samples, row.last_p95_ms, row.updated_at = (
             new.p95_ms,
