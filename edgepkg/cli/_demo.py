@@ -26,8 +26,10 @@ def register(subparsers: Any) -> None:
         help="workspace directory (new or empty; default: a temp dir, "
         "removed after a successful run)",
     )
-    p.add_argument("--devices", type=int, default=10, help="fleet size (default 10)")
-    p.add_argument("--quick", action="store_true", help="a shorter configuration (for tests)")
+    p.add_argument("--devices", type=int, help="fleet size (default 10; 4 with --quick)")
+    p.add_argument(
+        "--quick", action="store_true", help="a shorter configuration: 4 devices, less training"
+    )
     p.add_argument(
         "--keep-running",
         action="store_true",
@@ -50,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
     from edgepkg.demo import DemoConfig, format_report, run_demo
     from edgepkg.errors import UsageError
 
+    if args.devices is None:
+        args.devices = 4 if args.quick else 10
     if not 1 <= args.devices <= 100:
         raise UsageError("--devices must be between 1 and 100")
     if args.port is not None and not 1024 <= args.port <= 65535:

@@ -73,6 +73,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
     custody = "files (development only)"
     report = DemoReport(str(ws.root), custody, "")
     pool = ThreadPoolExecutor(max_workers=3)
+    trainer = ThreadPoolExecutor(max_workers=1)
     try:
         # 1. keys and repository
         if module is not None:
@@ -85,8 +86,8 @@ def run_demo(config: DemoConfig) -> DemoReport:
             )
         else:
             custody = (
-                "FILE KEYS (SoftHSM2 not installed): development only, "
-                "private keys are PEM files in the workspace"
+                f"FILE KEYS ({'--no-hsm' if not config.use_hsm else 'SoftHSM2 not installed'}): "
+                "development only, private keys are PEM files in the workspace"
             )
         report.key_custody = custody
         log(f"[1/6] keys: {custody}")
@@ -94,22 +95,21 @@ def run_demo(config: DemoConfig) -> DemoReport:
         log(f"      TUF repository at {ws.repo} (consistent snapshots, keys by reference)")
         lap("keys+repo")
 
-        # 2. server (gunicorn boots while we train)
+        # 2. training (numpy, in a thread) while the server and the fleet start
+        data = _release.demo_data(quick=config.quick)
+        training = trainer.submit(_release.train_models, ws, data)
         server = start_server(ws, procs, port=config.port, poll_interval=config.poll_interval)
         report.dashboard_url = f"{server.url}/dashboard/ (user {DASHBOARD_USER})"
         log(
             f"[2/6] update server: {server.url} (SQLite, gunicorn, poll every "
             f"{config.poll_interval}s)"
         )
-        models = _release.train_models(ws, quick=config.quick)
-        for v, acc in models.accuracy.items():
-            log(f"      trained {v}: pooled holdout accuracy {acc:.3f}")
-        lap("server+training")
+        lap("server")
 
         # 3. fleet
         from edgepkg.demo import _models
 
-        slices = _models.holdout_slices(models.data, config.devices)
+        slices = _models.holdout_slices(data, config.devices)
         devices = [
             _devices.provision(
                 ws,
@@ -135,6 +135,11 @@ def run_demo(config: DemoConfig) -> DemoReport:
         )
         log(f"[3/6] {config.devices} devices enrolled and running (edge-updater run)")
         lap("fleet")
+
+        models = training.result()
+        for v, acc in models.accuracy.items():
+            log(f"      trained {v} (numpy, ONNX export): pooled holdout accuracy {acc:.3f}")
+        lap("training")
 
         cond = Conductor(server, devices, procs, _release.MODEL_NAME, log, pool=pool)
         n = config.devices
@@ -191,15 +196,17 @@ def run_demo(config: DemoConfig) -> DemoReport:
         if config.screenshot:
             from edgepkg.demo._screenshot import take_screenshot
 
-            shot = take_screenshot(
-                server.url,
-                DASHBOARD_USER,
-                server.dashboard_password,
-                Path(config.screenshot),
-                rollout_id=t.rollout_id,
-            )
-            report.screenshot = str(shot)
-            log(f"      dashboard screenshot: {shot}")
+            try:
+                shot = take_screenshot(
+                    f"{server.url}/dashboard/rollouts/{t.rollout_id}",
+                    Path(config.screenshot),
+                    server.api.token,
+                )
+                report.screenshot = str(shot)
+                report.check("dashboard screenshot of the paused v3 rollout taken", True, str(shot))
+                log(f"      dashboard screenshot: {shot}")
+            except DemoStepError as exc:
+                report.check("dashboard screenshot of the paused v3 rollout taken", False, str(exc))
 
         # 6. summary and checks
         log("[6/6] collecting results from the server and the devices")
@@ -221,6 +228,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
         report.key_custody = custody
         report.timings = timings
         pool.shutdown(wait=True, cancel_futures=True)
+        trainer.shutdown(wait=True, cancel_futures=True)
         procs.stop_all()
         if old is not None:
             signal.signal(signal.SIGTERM, old)

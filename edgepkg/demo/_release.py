@@ -82,8 +82,12 @@ class TrainedModels:
     sizes: dict[str, int] = field(default_factory=dict)
 
 
-def train_models(ws: Workspace, *, quick: bool) -> TrainedModels:
-    data = _models.make_data(n_train=2400 if quick else 4000, n_holdout=4000)
+def demo_data(*, quick: bool) -> _models.DemoData:
+    return _models.make_data(n_train=2400 if quick else 4000, n_holdout=4000)
+
+
+def train_models(ws: Workspace, data: _models.DemoData) -> TrainedModels:
+    """Train v1/v2/v3 with numpy and export each to ONNX (CPU-bound: run it beside I/O)."""
     weights = _models.train_versions(data)
     paths, acc = {}, {}
     for version, w in weights.items():
