@@ -18,15 +18,16 @@ INSTALLING    discard the inactive slot's partial work, resume installing
 VALIDATING    slot complete: resume validating; otherwise discard it and go back to INSTALLING
 SWITCHING     pointer already on the new slot: enter TRIAL; new slot intact: resume the switch;
               otherwise REJECTED (old slot stays active)
-TRIAL         roll back (point at the previous slot, ROLLED_BACK) — the trial was not committed;
-              if there is no previous model to return to, the trial resumes
+TRIAL         after a crash (no clean stop recorded): roll back (point at the previous slot,
+              ROLLED_BACK) — the trial was not committed; if there is no previous model to
+              return to, the trial resumes. After a clean stop the trial resumes.
 COMMITTED     make sure the committed slot is the active one
 REJECTED /    make sure ``expected_active`` is the active slot, discard the bad candidate slot
 ROLLED_BACK
 ============  ==================================================================================
 
-Crash-loop cap: every recovery of an in-progress update counts a restart and every transition
-counts; past ``Limits.max_restarts`` / ``Limits.max_transitions`` the target is given up
+Crash-loop cap: every recovery after a crash of an in-progress update counts a restart and every
+transition counts; past ``Limits.max_restarts`` / ``Limits.max_transitions`` the target is given up
 (REJECTED before the switch, ROLLED_BACK after it) with the reason recorded.
 """
 
@@ -41,7 +42,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from device_updater._fsutil import atomic_write_json, read_limited
+from device_updater._fsutil import atomic_write_json, read_limited, remove_durably
 from device_updater.errors import (
     CorruptStateError,
     IllegalTransitionError,
@@ -426,8 +427,14 @@ class RecoveryAction:
 
 
 def recovery_action(state: UpdateState, slots: SlotsView, now: float,
-                    limits: Limits = Limits()) -> RecoveryAction:
-    """Decide start-up recovery for the persisted ``state`` given the slots (pure)."""
+                    limits: Limits = Limits(), *, crashed: bool = True) -> RecoveryAction:
+    """Decide start-up recovery for the persisted ``state`` given the slots (pure).
+
+    ``crashed``: the previous updater process did not stop cleanly (killed, power cut, crash:
+    see :meth:`StateStore.mark_stopped`). Only then does a TRIAL roll back and a restart count
+    toward the crash-loop cap; after a clean stop (``edge-updater check`` ending, SIGTERM) an
+    update in progress simply resumes.
+    """
     s = state
     active = slots.active
     cand = s.slot
@@ -462,7 +469,7 @@ def recovery_action(state: UpdateState, slots: SlotsView, now: float,
         )
 
     # --- an update is in progress: count the restart, cap crash loops ---------------------
-    restarted = replace(s, restarts=s.restarts + 1, updated_at=now)
+    restarted = replace(s, restarts=s.restarts + (1 if crashed else 0), updated_at=now)
     if restarted.restarts > limits.max_restarts:
         reason = (f"crash loop: updater restarted {restarted.restarts} times while installing "
                   f"{s.model} {s.version} (phase {s.phase.value}); target given up")
@@ -511,6 +518,9 @@ def recovery_action(state: UpdateState, slots: SlotsView, now: float,
                                   reason="interrupted switch: switch again")
         return _reject(restarted, slots, "candidate slot damaged before the switch completed")
     if s.phase is Phase.TRIAL:
+        if cand is not None and active == cand and not crashed and slots.intact(cand):
+            return RecoveryAction(state=s, resume=True,
+                                  reason="clean restart during the trial: trial continues")
         if cand is not None and active == cand:
             if not slots.intact(other_slot(active)):
                 return RecoveryAction(state=restarted, save=True, resume=True,
@@ -604,23 +614,48 @@ class StateStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path, state.to_dict())
 
+    # --- clean-stop marker: tells a crash (power cut, SIGKILL) from a clean exit ----------------
+
+    @property
+    def _running(self) -> Path:
+        return self.path.with_name(self.path.name + ".running")
+
+    def was_running(self) -> bool:
+        """True if the last process that ran recovery did not call :meth:`mark_stopped`."""
+        return self._running.exists()
+
+    def mark_running(self) -> None:
+        """Record (durably) that an updater process is working on this state."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self._running, {"running": True})
+
+    def mark_stopped(self) -> None:
+        """Call on a clean exit (end of ``check``, SIGTERM) after the last save: the next
+        start-up then resumes a trial instead of treating the restart as a crash."""
+        remove_durably(self._running)
+
 
 def run_recovery(store: StateStore, slots: SlotStore, now: float, *, deep: bool = True,
-                 limits: Limits = Limits()) -> RecoveryAction:
+                 limits: Limits = Limits(), crashed: bool | None = None) -> RecoveryAction:
     """Load the state, decide (:func:`recovery_action`) and apply it; return the action.
 
     ``deep`` decrypts and hashes both slots first (recommended at start-up; a 512 MB model
     costs a few seconds). Order: save the new state, switch the pointer, then discard.
+    ``crashed`` defaults to :meth:`StateStore.was_running` (no clean stop recorded); the
+    marker is then set again until the caller's :meth:`StateStore.mark_stopped`.
     """
     state = store.load()
+    if crashed is None:
+        crashed = store.was_running()
     view = slots.view(deep=deep)
-    action = recovery_action(state, view, now, limits)
+    action = recovery_action(state, view, now, limits, crashed=crashed)
     if action.save:
         store.save(action.state)
     if action.activate is not None:
         slots.switch_to(action.activate)
     if action.discard is not None and action.discard != slots.active_name():
         slots.discard(action.discard)
+    store.mark_running()
     if action.reason != "nothing to do":
         log.warning("recovery: %s (phase %s)", action.reason, action.state.phase.value)
     return action

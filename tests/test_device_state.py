@@ -238,3 +238,41 @@ def test_crash_loop_in_trial_rolls_back() -> None:
     s = replace(walk(Phase.TRIAL), restarts=3)
     a = recovery_action(s, view("b", None, V2), NOW, Limits(max_restarts=3))
     assert a.state.phase is Phase.ROLLED_BACK and "crash loop" in (a.state.reason or "")
+
+
+def test_clean_restart_during_trial_continues_the_trial() -> None:
+    a = recovery_action(walk(Phase.TRIAL), view("b", V1, V2), NOW, crashed=False)
+    assert a.state.phase is Phase.TRIAL and a.resume and a.activate is None
+    assert a.state.restarts == 0
+
+
+def test_clean_stop_marker_decides_crash_or_clean_restart(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from device_updater.slots import BundleSealer, SlotStore
+    from device_updater.state import run_recovery
+    from edgepkg.keys._software import FileRecipientKey
+
+    slots = SlotStore(tmp_path / "slots", sealer=BundleSealer(
+        FileRecipientKey(ec.generate_private_key(ec.SECP256R1()), "test key")))
+    import hashlib
+
+    def summary(v: str) -> tuple[ModelSummary, bytes]:
+        data = v.encode() * 100
+        return ModelSummary(name="cam", version=v, sha256=hashlib.sha256(data).hexdigest(),
+                            length=len(data), format="onnx"), data
+
+    s1, d1 = summary("1.0.0")
+    s2, d2 = summary("2.0.0")
+    slots.switch_to(slots.write(s1, [d1]).name)
+    slots.write(s2, [d2])
+    slots.switch_to("b")
+    store = StateStore(tmp_path / "state.json")
+    store.save(replace(walk(Phase.TRIAL), candidate=s2))
+    assert not store.was_running()
+    assert run_recovery(store, slots, NOW).state.phase is Phase.TRIAL  # first start: clean
+    store.mark_stopped()
+    assert run_recovery(store, slots, NOW).state.phase is Phase.TRIAL  # clean stop before
+    # no mark_stopped: the process "died"
+    assert run_recovery(store, slots, NOW).state.phase is Phase.ROLLED_BACK
+    assert slots.active_name() == "a" and slots.info("b") is None
