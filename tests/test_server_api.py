@@ -137,7 +137,9 @@ def test_enroll_gives_key_id_and_poll_interval_and_token_tags(server: Server) ->
     got = server.client.get(
         f"/api/v1/devices/{dev.device_id}", headers={"Authorization": f"Bearer {admin}"}
     ).get_json()
-    assert got["tags"] == ["site:berlin", "cam"]
+    # A device cannot put itself into rollout groups: only the token's tags apply.
+    assert got["tags"] == ["site:berlin"]
+    assert got["facts"]["requested_tags"] == ["cam"]
     assert got["status"] == "enabled"
 
 

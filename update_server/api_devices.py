@@ -82,12 +82,15 @@ def enroll() -> ResponseReturnValue:
             return jsonify(device_id=device_id, poll_interval=cfg.poll_interval), 200
         raise ConflictError("a device with this key is already enrolled", code="already_enrolled")
     row = consume_enrollment_token(db, token, now)
-    all_tags = list(dict.fromkeys([*row.tags, *tags]))
+    # Tags select rollouts, so only the operator decides them (through the enrollment token or
+    # the API). What the device asks for is kept as a fact an operator may act on.
+    if tags:
+        facts = {**facts, "requested_tags": tags}
     db.add(
         Device(
             id=device_id,
             public_key_pem=pem,
-            tags=all_tags,
+            tags=list(row.tags),
             facts=facts,
             created_at=now,
             enrollment_token_id=row.id,
