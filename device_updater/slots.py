@@ -528,16 +528,13 @@ class SlotStore:
     def exported(self, name: str | None, runtime_dir: Path) -> Iterator[Path]:
         """Export like :meth:`export_plaintext` into a private sub-directory; delete it afterwards
         (what validation uses to give a runner a model file)."""
-        sub = Path(runtime_dir) / f".export-{os.getpid()}-{name or 'active'}"
+        runtime_dir = Path(runtime_dir)
+        _remove_stale_exports(runtime_dir)
+        sub = runtime_dir / f".export-{os.getpid()}-{name or 'active'}"
         try:
             yield self.export_plaintext(name, sub)
         finally:
-            if sub.exists():
-                for p in sub.iterdir():
-                    with contextlib.suppress(FileNotFoundError):
-                        p.unlink()
-                with contextlib.suppress(OSError):
-                    sub.rmdir()
+            _remove_tree(sub)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -587,6 +584,35 @@ class SlotStore:
         if self.info(target) is None:
             raise SlotError(f"cannot roll back: slot {target} holds no complete model")
         return self.switch_to(target)
+
+
+def _remove_tree(sub: Path) -> None:
+    if not sub.is_dir():
+        return
+    for p in sub.iterdir():
+        with contextlib.suppress(OSError):
+            p.unlink()
+    with contextlib.suppress(OSError):
+        sub.rmdir()
+
+
+def _remove_stale_exports(runtime_dir: Path) -> None:
+    """Remove plaintext exports left by a process that died (its pid no longer exists)."""
+    if not runtime_dir.is_dir():
+        return
+    for sub in runtime_dir.glob(".export-*-*"):
+        try:
+            pid = int(sub.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _remove_tree(sub)
+        except PermissionError:
+            pass
 
 
 class SlotWriter:

@@ -217,3 +217,42 @@ def test_view_reports_partial_and_deep_damage(store: SlotStore) -> None:
     assert not v.slots["b"].complete
     os.truncate(store.root / "a" / "model.sealed", 100)
     assert not store.view(deep=False).slots["a"].complete  # size no longer matches
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 8192, 3 * 4096 + 5])
+@pytest.mark.parametrize("split", [1, 1000, 4096, 10_000])
+def test_sealed_stream_round_trips_any_length_and_write_pattern(tmp_path: Path, size: int,
+                                                                split: int) -> None:
+    if split == 1 and size > 4097:
+        pytest.skip("byte-at-a-time only for small models")
+    data = os.urandom(size)
+    s = ModelSummary(name="m", version="1.0.0", sha256=hashlib.sha256(data).hexdigest(),
+                     length=size, format="raw")
+    store = SlotStore(tmp_path / "s", sealer=BundleSealer(device_key(), chunk_size=4096))
+    store.write(s, [data[i:i + split] for i in range(0, size, split)])
+    assert b"".join(store.open_plaintext("a")) == data
+
+
+def test_truncated_sealed_slot_at_a_chunk_boundary_is_detected(store: SlotStore) -> None:
+    s1, d1 = model("1.0.0", size=3 * 4096)
+    store.write(s1, [d1])
+    path = store.root / "a" / "model.sealed"
+    full = path.read_bytes()
+    path.write_bytes(full[: len(full) - (4096 + 16)])  # drop the whole last chunk
+    meta_path = store.root / "a" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sealed_length"] = path.stat().st_size  # an attacker fixes up the size too
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(SlotIntegrityError):
+        store.verify("a")
+
+
+def test_plaintext_left_by_a_dead_process_is_removed(store: SlotStore, tmp_path: Path) -> None:
+    s1, d1 = model("1.0.0")
+    store.write(s1, [d1])
+    stale = tmp_path / "run" / ".export-999999999-a"
+    stale.mkdir(parents=True)
+    (stale / "cam.onnx").write_bytes(d1)
+    with store.exported("a", tmp_path / "run"):
+        pass
+    assert not stale.exists()
