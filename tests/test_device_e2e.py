@@ -299,3 +299,18 @@ def test_swapped_root_on_disk_blocks_updates_but_model_keeps_serving(world: Worl
         assert _active_plaintext(world) == world.models["2.0.0"]
     finally:
         root.write_bytes(genuine)
+
+
+def test_poll_with_nothing_new_is_one_small_request(world: World) -> None:
+    for ro in world.api("GET", "/api/v1/rollouts").json()["rollouts"]:
+        if ro["status"] in ("running", "paused"):
+            world.api("POST", f"/api/v1/rollouts/{ro['id']}/abort")
+    agent = world.agent()
+    agent.run_cycle()  # flushes whatever is queued
+    before = agent.client.requests_made
+    body = len(json.dumps(agent.checkin_report()))
+    report = agent.run_cycle()
+    assert report.online and report.assignments == 0
+    assert agent.client.requests_made - before == 1  # check-in only: no TUF traffic
+    assert agent._fetcher is None or agent._fetcher.requests_made == 0
+    assert body < 4096
