@@ -211,16 +211,29 @@ class _BundleSealingWriter:
         self._gen = crypto.seal_chunks(data_key, self._feed, aad)
         self._closed = False
 
+    def _push(self, chunk: bytes) -> None:
+        self._feed.items.append(chunk)
+        # Keep >= 2 chunks buffered before pulling so a one-chunk look-ahead never runs dry.
+        while len(self._feed.items) >= 2:
+            self._out.write(next(self._gen))
+
     def write(self, data: bytes) -> None:
         if self._closed:
             raise SealError("write after close")
-        self._buf += data
-        while len(self._buf) >= self._chunk_size:
-            self._feed.items.append(bytes(self._buf[: self._chunk_size]))
-            del self._buf[: self._chunk_size]
-            # Keep >= 2 chunks buffered before pulling so a one-chunk look-ahead never runs dry.
-            while len(self._feed.items) >= 2:
-                self._out.write(next(self._gen))
+        mv = memoryview(data)
+        size = self._chunk_size
+        if self._buf:
+            take = size - len(self._buf)
+            self._buf += mv[:take]
+            mv = mv[take:]
+            if len(self._buf) < size:
+                return
+            self._push(bytes(self._buf))
+            self._buf.clear()
+        while len(mv) >= size:  # no quadratic copying for one huge write
+            self._push(bytes(mv[:size]))
+            mv = mv[size:]
+        self._buf += mv
 
     def close(self) -> None:
         if self._closed:
