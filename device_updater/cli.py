@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from device_updater.config import Config, load_config
 from device_updater.errors import ConfigError, NoActiveSlotError, UntrustedDeviceInputError
@@ -56,7 +56,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 

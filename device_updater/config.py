@@ -148,7 +148,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
         "facts": dict(doc.get("facts", {})),
         "external_command": tuple(ext) if ext else None,
     }
-    optional = [
+    optional: list[tuple[str, dict[str, Any], str, Any, Any]] = [
         ("connect_timeout", server, "connect_timeout", num, float),
         ("read_timeout", server, "read_timeout", num, float),
         ("poll_interval", poll, "interval", int, int),
