@@ -24,7 +24,7 @@ from edgepkg.demo import _devices, _hsm, _release
 from edgepkg.demo._procs import DemoStepError, ProcessSet
 from edgepkg.demo._report import DemoReport, format_report
 from edgepkg.demo._rollouts import Conductor, canaries
-from edgepkg.demo._server import DASHBOARD_USER, create_enrollment, start_server
+from edgepkg.demo._server import DASHBOARD_USER, start_server
 from edgepkg.demo._summary import summarize
 from edgepkg.demo._workspace import make_workspace
 
@@ -98,7 +98,13 @@ def run_demo(config: DemoConfig) -> DemoReport:
         # 2. training (numpy, in a thread) while the server and the fleet start
         data = _release.demo_data(quick=config.quick)
         training = trainer.submit(_release.train_models, ws, data)
-        server = start_server(ws, procs, port=config.port, poll_interval=config.poll_interval)
+        server, enrollment = start_server(
+            ws,
+            procs,
+            port=config.port,
+            poll_interval=config.poll_interval,
+            enrollment_uses=config.devices,
+        )
         report.dashboard_url = f"{server.url}/dashboard/ (user {DASHBOARD_USER})"
         log(
             f"[2/6] update server: {server.url} (SQLite, gunicorn, poll every "
@@ -122,9 +128,8 @@ def run_demo(config: DemoConfig) -> DemoReport:
             )
             for i in range(config.devices)
         ]
-        token = create_enrollment(server, config.devices, ["demo"])
         _devices.enroll_all(
-            devices, token=token, root_json=root_json, release_pub=keys.publics["release"]
+            devices, token=enrollment, root_json=root_json, release_pub=keys.publics["release"]
         )
         device_keys = _fetch_device_keys(server, devices, ws.keys / "devices")
         _devices.start_daemons(devices, procs, ws.logs)

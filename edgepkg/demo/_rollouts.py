@@ -107,13 +107,32 @@ class Conductor:
                 last_note = note
             if done(ro):
                 return ro
-            if ro["status"] in ("aborted",) or time.monotonic() > deadline:
+            if ro["status"] in ("aborted", "paused", "completed"):
                 raise DemoStepError(
-                    f"{what}: rollout {t.rollout_id} is {ro['status']} "
-                    f"({ro.get('reason') or note}) after {timeout:.0f} s"
+                    f"{what}: rollout {t.rollout_id} is unexpectedly {ro['status']} "
+                    f"({ro.get('reason') or note}); device reasons: {self._reasons(t.version)}"
+                )
+            if time.monotonic() > deadline:
+                raise DemoStepError(
+                    f"{what}: rollout {t.rollout_id} still {ro['status']} after {timeout:.0f} s "
+                    f"({note}); device reasons: {self._reasons(t.version)}"
                 )
             self._answer_trials()
             time.sleep(0.5)
+
+    def _reasons(self, version: str) -> str:
+        """Why devices refused ``version`` (from their events on the server), for error text."""
+        reasons: list[str] = []
+        for d in self.by_id.values():
+            for e in self.server.events(d.device_id):
+                if e.get("version") == version and e.get("type") in (
+                    "rejected",
+                    "rolled_back",
+                    "verification_failed",
+                ):
+                    reasons.append(f"{d.name}: {e['type']}: {e.get('details', {}).get('reason')}")
+                    break
+        return "; ".join(reasons[:5]) or "none reported"
 
     def wait_devices_on(self, version: str, count: int, timeout: float) -> None:
         """After a rollout completes: every device reports ``version`` at its next check-in."""

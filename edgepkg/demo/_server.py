@@ -10,6 +10,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,16 @@ def _cli(config: Path, *args: str, env: dict[str, str] | None = None) -> str:
 
 
 def start_server(
-    ws: Workspace, procs: ProcessSet, *, port: int | None, poll_interval: int, workers: int = 2
-) -> Server:
-    """Write the config, migrate, create operator credentials, start gunicorn, wait until up."""
+    ws: Workspace,
+    procs: ProcessSet,
+    *,
+    port: int | None,
+    poll_interval: int,
+    enrollment_uses: int,
+    workers: int = 2,
+) -> tuple[Server, str]:
+    """Write the config, migrate, start gunicorn and, while it boots, create the operator
+    token, the dashboard user and the fleet's enrollment token. Returns (server, enrollment)."""
     port = port or free_port()
     config = ws.server / "server.toml"
     secret = secrets.token_hex(32)
@@ -110,12 +118,6 @@ def start_server(
     )
     os.chmod(config, 0o600)
     _cli(config, "init-db")
-    token = json.loads(
-        _cli(config, "--json", "create-token", "--role", "admin", "--name", "edgepkg-demo")
-    )["token"]
-    password = secrets.token_urlsafe(12)
-    env = {**os.environ, "EDGEPKG_PASSWORD": password}
-    _cli(config, "create-user", "--username", DASHBOARD_USER, "--role", "admin", env=env)
     procs.start(
         "server",
         python_cmd(
@@ -130,9 +132,35 @@ def start_server(
         ),
         log_path=ws.logs / "server.log",
     )
+    password = secrets.token_urlsafe(12)
+    env = {**os.environ, "EDGEPKG_PASSWORD": password}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        token_f = pool.submit(
+            _cli, config, "--json", "create-token", "--role", "admin", "--name", "edgepkg-demo"
+        )
+        user_f = pool.submit(
+            _cli, config, "create-user", "--username", DASHBOARD_USER, "--role", "admin", env=env
+        )
+        enroll_f = pool.submit(
+            _cli,
+            config,
+            "--json",
+            "create-enrollment",
+            "--uses",
+            str(enrollment_uses),
+            "--expires",
+            "1h",
+            "--tags",
+            "demo",
+            "--note",
+            "edgepkg demo fleet",
+        )
+        token = str(json.loads(token_f.result())["token"])
+        user_f.result()
+        enrollment = str(json.loads(enroll_f.result())["token"])
     url = f"http://127.0.0.1:{port}"
     api = OperatorAPI(url, token)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while True:
         try:
             api.get("/api/v1/devices?limit=1")
@@ -143,21 +171,4 @@ def start_server(
                     f"the update server did not start ({exc}); see {ws.logs / 'server.log'}"
                 ) from None
             time.sleep(0.3)
-    return Server(url, config, api, password)
-
-
-def create_enrollment(server: Server, uses: int, tags: list[str]) -> str:
-    out = _cli(
-        server.config_path,
-        "--json",
-        "create-enrollment",
-        "--uses",
-        str(uses),
-        "--expires",
-        "1h",
-        "--tags",
-        ",".join(tags),
-        "--note",
-        "edgepkg demo fleet",
-    )
-    return str(json.loads(out)["token"])
+    return Server(url, config, api, password), enrollment
