@@ -194,6 +194,7 @@ def _cmd_check(args: argparse.Namespace, config: Config) -> int:
     agent = _agent(config)
     agent.recover()
     report = agent.run_cycle()
+    agent.mark_stopped()
     doc = {"online": report.online, "assignments": report.assignments,
            "outcomes": report.outcomes, "errors": report.errors}
     print(json.dumps(doc, indent=None if args.json else 1))

@@ -886,8 +886,14 @@ class Agent:
                 failures += 1
             cycles += 1
             if max_cycles is not None and cycles >= max_cycles:
-                return
+                break
             self.stop.wait(self.next_delay(report, failures))
+        self.mark_stopped()
+
+    def mark_stopped(self) -> None:
+        """Record a clean stop, so the next start-up does not treat a trial as a crash."""
+        for model in self.layout.model_names():
+            self.store(model).mark_stopped()
 
 
 def _check_version_str(version: str) -> None:

@@ -167,6 +167,15 @@ class Manifest:
         }
 
 
+    def tuf_custom(self) -> dict[str, Any]:
+        """:meth:`summary` in a form TUF's canonical JSON can sign: it has no floats, so policy
+        numbers become decimal strings. Devices take the policy from the signed manifest."""
+        out = self.summary()
+        if out["policy"]:
+            out["policy"] = {k: v if isinstance(v, str) else repr(v) for k, v in out["policy"].items()}
+        return out
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -195,7 +195,7 @@ def publish(
             m = info.manifest
             tpath = full_target_name(m.name, m.version)
             tf = _copy_hashed(path, repo_dir, tpath)
-            tf.unrecognized_fields["custom"] = {"edgepkg": m.summary()}
+            tf.unrecognized_fields["custom"] = {"edgepkg": m.tuf_custom()}
             targets.targets[tpath] = tf
             result.published.append(PublishedTarget(tpath, "full", m.name, m.version, tf.length))
             if k == 0:
@@ -306,7 +306,7 @@ def _make_deltas(
             dm = verify_bundle(out, release_pubs).manifest
             tpath = delta_target_name(m.name, m.version, base.version)
             tf = _copy_hashed(out, repo_dir, tpath)
-            tf.unrecognized_fields["custom"] = {"edgepkg": dm.summary()}
+            tf.unrecognized_fields["custom"] = {"edgepkg": dm.tuf_custom()}
             targets.targets[tpath] = tf
             out.unlink()
             result.published.append(PublishedTarget(tpath, "delta", m.name, m.version, tf.length,
