@@ -104,11 +104,19 @@ def test_round_trip_per_method_and_scenario(tmp_path, pair, method, scenario):
 
 def test_chooser_picks_tensor_on_fine_tune_and_beats_generic_methods(tmp_path, pair):
     old, new = pair(*_scenario("fine_tune"))
-    result = make_delta(old, new, tmp_path / "d")
+    result = make_delta(old, new, tmp_path / "d", methods=list(METHODS))
     assert result.method == "tensor"
     assert set(result.sizes) == set(METHODS)
     assert result.delta_size < 0.6 * result.new_size
     assert result.delta_size < 0.7 * min(result.sizes["bsdiff"], result.sizes["zstd-window"])
+
+
+@pytest.mark.parametrize("scenario", ["fine_tune", "int8_requant", "unrelated"])
+def test_auto_skips_generic_methods_when_nothing_moved(tmp_path, pair, scenario):
+    old, new = pair(*_scenario(scenario))
+    result = make_delta(old, new, tmp_path / "d")
+    assert result.method == "tensor"
+    assert set(result.sizes) == {"tensor"}
 
 
 def test_chooser_picks_a_generic_method_when_content_moved_in_small_pieces(tmp_path, pair):

@@ -108,6 +108,17 @@ def _default_methods(old_len: int, new_len: int, max_bsdiff: int, max_zwindow: i
     return out
 
 
+# auto mode runs the generic methods only when, around anchor hits (content shared with the old
+# file), this much of the new file is not explained by the tensor method's aligned regions
+GENERIC_GATE = 0.01
+
+
+def _generic_may_win(stats: _tensor.Encoder | None, new_len: int) -> bool:
+    if stats is None:
+        return True
+    return stats.matchable_literal_bytes > GENERIC_GATE * new_len
+
+
 def make_delta(
     old_path: PathLike,
     new_path: PathLike,
@@ -122,13 +133,18 @@ def make_delta(
 ) -> DeltaResult:
     """Write the smallest delta turning ``old_path`` into ``new_path`` to ``out_path`` (atomic).
 
-    ``methods=None`` tries every applicable method (bsdiff only when both files are at most
-    ``max_bsdiff_bytes``); naming bsdiff explicitly above that bound is a UsageError.  With
+    ``methods=None`` (auto) runs ``tensor`` and then the applicable generic methods
+    (``zstd-window`` up to ``max_zwindow_bytes``, ``bsdiff`` up to ``max_bsdiff_bytes``) only
+    where they could still win: when more than GENERIC_GATE of the new file shares content with
+    the old file in a way the aligned regions do not follow (small moves, reordering).
+    A list runs exactly those methods; naming bsdiff above its bound is a UsageError.  With
     ``verify`` (default) the winner is applied once and checked before it is written.
     """
     t0 = time.monotonic()
     old_len, old_sha = file_sha256(old_path)
     new_len, new_sha = file_sha256(new_path)
+    auto = methods is None
+    stats: _tensor.Encoder | None = None
     if methods is None:
         chosen = _default_methods(old_len, new_len, max_bsdiff_bytes, max_zwindow_bytes)
     else:
@@ -148,11 +164,13 @@ def make_delta(
     with tempfile.TemporaryDirectory(prefix=".delta-", dir=tmp_parent) as tmp:
         bodies: dict[str, Path] = {}
         for m in chosen:
+            if auto and m != "tensor" and not _generic_may_win(stats, new_len):
+                continue
             t = time.monotonic()
             body = Path(tmp) / f"{m}.body"
             with open(old_path, "rb") as old, open(new_path, "rb") as new, open(body, "wb") as out:
                 if m == "tensor":
-                    _tensor.encode(old, old_len, new, out, level=level)
+                    stats = _tensor.encode(old, old_len, new, out, level=level)
                 elif m == "zstd-window":
                     _zwindow.encode(old, old_len, new, out, level=max(level, 15))
                 else:
@@ -160,6 +178,7 @@ def make_delta(
             bodies[m] = body
             sizes[m] = HEADER_SIZE + body.stat().st_size
             secs[m] = round(time.monotonic() - t, 3)
+        chosen = [m for m in chosen if m in sizes]
         best = min(chosen, key=lambda m: (sizes[m], chosen.index(m)))
         header = DeltaHeader(best, old_len, old_sha, new_len, new_sha).pack()
         final = Path(tmp) / "delta"

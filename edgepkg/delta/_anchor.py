@@ -52,23 +52,30 @@ class AnchorIndex:
             self._keys = sk
             self._pos = pos
 
-    def shifts(self, new: np.ndarray, windows: int = 16) -> list[tuple[int, int]]:
-        """(old offset aligned with the start of ``new``, votes), most voted first."""
+    def hits(self, new: np.ndarray, windows: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Anchor hits in the piece ``new`` (uint8): (offset in ``new``, aligned old offset)."""
         n = new.size
         s = self.stride
+        empty = np.zeros(0, dtype=np.int64)
         if n < s + 8 or self._keys.size == 0:
-            return []
+            return empty, empty
         starts = np.linspace(0, n - s - 8, num=min(windows, max(1, n // s)), dtype=np.int64)
-        votes: Counter[int] = Counter()
         view = np.lib.stride_tricks.sliding_window_view
+        at, old_start = [], []
         for w in starts:
             probe = view(new[w : w + s + 7], 8).copy().view("<u8").ravel()
             idx = np.searchsorted(self._keys, probe)
             idx[idx >= self._keys.size] = 0
             hit = self._keys[idx] == probe
-            if not hit.any():
-                continue
-            rel = np.nonzero(hit)[0]
-            for d in (self._pos[idx[hit]] - (w + rel)).tolist():
-                votes[d] += 1
-        return votes.most_common()
+            if hit.any():
+                rel = np.nonzero(hit)[0] + w
+                at.append(rel)
+                old_start.append(self._pos[idx[hit]] - rel)
+        if not at:
+            return empty, empty
+        return np.concatenate(at), np.concatenate(old_start)
+
+    def shifts(self, new: np.ndarray, windows: int = 16) -> list[tuple[int, int]]:
+        """(old offset aligned with the start of ``new``, votes), most voted first."""
+        _, old_start = self.hits(new, windows)
+        return Counter(old_start.tolist()).most_common()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bz2
 import struct
+from collections import Counter
 from typing import BinaryIO
 
 import numpy as np
@@ -63,6 +64,9 @@ class Encoder:
         self._final = zstd.ZstdCompressor(level=level)
         self._shift = 0
         self.aligned_bytes = 0
+        # bytes around anchor hits (content shared with the old file) that the chosen ops do not
+        # follow: what a generic method (bsdiff, zstd-window) might still find
+        self.matchable_literal_bytes = 0
 
     def _cost(self, new: np.ndarray, shift: int, pos: int) -> np.ndarray | None:
         n = new.size
@@ -87,11 +91,26 @@ class Encoder:
         cost[s0:s1] = bits.reshape(-1, SUB).sum(axis=1)
         return cost
 
+    def _identical(self, new_bytes: bytes, pos: int) -> bytes | None:
+        """Fast path: the chunk equals the old bytes at the current shift."""
+        off = pos + self._shift
+        n = len(new_bytes)
+        if off < 0 or off + n > self._old.length or self._old.read_at(off, n) != new_bytes:
+            return None
+        self.aligned_bytes += n
+        zeros = self._final.compress(bytes(n))
+        return _REC.pack(n, XOR, RAW, 1) + _OP.pack(ALIGNED, n, off) + _pack_frames([(ZSTD, zeros)])
+
     def encode_chunk(self, new_bytes: bytes, pos: int) -> bytes:
+        same = self._identical(new_bytes, pos)
+        if same is not None:
+            return same
         new = np.frombuffer(new_bytes, dtype=np.uint8)
         n = new.size
         shifts = [self._shift]
-        for old_start, _votes in self._index.shifts(new)[:4]:
+        hit_at, hit_old = self._index.hits(new)
+        found = Counter(hit_old.tolist()).most_common()
+        for old_start, _votes in found[:4]:
             shifts.append(old_start - pos)
         if 0 not in shifts:
             shifts.append(0)
@@ -129,6 +148,12 @@ class Encoder:
             start, end = i * SUB, min((j + 1) * SUB, n)
             ops.append((int(choice[i]), start, end - start))
             i = j + 1
+        if hit_at.size:  # anchor hits that the chosen ops do not follow: moved content we missed
+            chosen_shift = np.array(
+                [np.nan if shift_of[c] is None else shift_of[c] for c in choice]
+            )
+            missed = chosen_shift[hit_at // SUB] != (hit_old - pos)
+            self.matchable_literal_bytes += SUB * np.unique(hit_at[missed] // SUB).size
         res_x = new.copy()
         res_s = new.copy()
         op_recs = []
@@ -166,8 +191,8 @@ class Encoder:
         return _REC.pack(n, tr, lay, len(op_recs)) + b"".join(op_recs) + _pack_frames(frames)
 
 
-def encode(old: BinaryIO, old_len: int, new: BinaryIO, out: BinaryIO, *, level: int = 9) -> int:
-    """Write the tensor stream for ``new`` against ``old``; return the number of aligned bytes."""
+def encode(old: BinaryIO, old_len: int, new: BinaryIO, out: BinaryIO, *, level: int = 9) -> Encoder:
+    """Write the tensor stream for ``new`` against ``old``; return the encoder (for its stats)."""
     enc = Encoder(old, old_len, level=level)
     pos = 0
     while True:
@@ -177,7 +202,7 @@ def encode(old: BinaryIO, old_len: int, new: BinaryIO, out: BinaryIO, *, level: 
         out.write(enc.encode_chunk(data, pos))
         pos += len(data)
     out.write(_LEN.pack(0))
-    return enc.aligned_bytes
+    return enc
 
 
 def _unzstd(dctx: zstd.ZstdDecompressor, frame: bytes, n: int) -> bytes:
