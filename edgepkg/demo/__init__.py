@@ -82,7 +82,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
         if keys.custody == "softhsm2":
             custody = (
                 f"SoftHSM2 (PKCS#11, {module}): TUF roles, release signing key and "
-                f"release-archive key in token 'edgepkg-release'; one token per device"
+                f"release-archive key in token 'edgepkg-release'; every device has its own token (own SOFTHSM2_CONF)"
             )
         else:
             custody = (
@@ -224,7 +224,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
                 f"\nServing the dashboard at {report.dashboard_url} "
                 f"(password {server.dashboard_password}); Ctrl-C to stop."
             )
-            signal.pause() if _main_thread() else time.sleep(3600)
+            _serve_until_interrupted(procs)
     except (_Interrupted, KeyboardInterrupt) as exc:
         report.error = f"interrupted ({exc or 'Ctrl-C'})"
     except Exception as exc:  # noqa: BLE001 - reported, and every child is stopped below
@@ -241,6 +241,17 @@ def run_demo(config: DemoConfig) -> DemoReport:
             ws.remove()
             report.workspace += " (removed)"
     return report
+
+
+def _serve_until_interrupted(procs: ProcessSet) -> None:
+    """--keep-running: the fleet keeps polling and the dashboard stays up until Ctrl-C/SIGTERM
+    (a normal end, not a failure)."""
+    try:
+        while not procs.dead():
+            time.sleep(1.0)
+    except (_Interrupted, KeyboardInterrupt):
+        return
+    raise DemoStepError(f"processes exited while serving: {', '.join(procs.dead())}")
 
 
 def _main_thread() -> bool:

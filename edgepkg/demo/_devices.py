@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ class Device:
     config: Path
     keystore: str  # "softhsm2" or "file"
     device_id: str = ""
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
     def cli(self, *args: str, timeout: float = 120) -> str:
         return run_cmd(
             python_cmd(UPDATER_MODULE, "--config", str(self.config), *args),
             timeout=timeout,
+            env=self.env,
             what=f"edge-updater {args[0]} ({self.name})",
         )
 
@@ -53,8 +55,12 @@ def provision(
     (root / "holdout").mkdir(parents=True, exist_ok=True, mode=0o700)
     np.save(root / "holdout" / "inputs.npy", holdout[0], allow_pickle=False)
     np.save(root / "holdout" / "labels.npy", holdout[1], allow_pickle=False)
+    env = dict(os.environ)
     if hsm_module is not None:
-        token = _hsm.init_token(ws.hsm, hsm_module, f"edge-{name}")
+        # Its own token directory, as each real device has its own TPM or secure element.
+        conf = _hsm.write_softhsm_conf(root / "hsm")
+        env["SOFTHSM2_CONF"] = str(conf)
+        token = _hsm.init_token(root / "hsm", hsm_module, "edge-updater", conf=conf)
         keystore = f'type = "pkcs11"\ntoken_uri = "{token.uri()}"\n'
     else:
         keystore = f'type = "file"\ndir = "{root / "dev-keys"}"\n'
@@ -69,7 +75,7 @@ def provision(
         f"[trial]\nwindow_s = {trial_window_s}\nmin_inferences = 0\nmax_failures = 1\n\n"
         '[log]\nlevel = "INFO"\njson = true\n'
     )
-    return Device(index, name, root, config, "softhsm2" if hsm_module else "file")
+    return Device(index, name, root, config, "softhsm2" if hsm_module else "file", env=env)
 
 
 def enroll_all(
@@ -93,7 +99,7 @@ def start_daemons(devices: list[Device], procs: ProcessSet, logs: Path) -> None:
             d.name,
             python_cmd(UPDATER_MODULE, "--config", str(d.config), "run"),
             log_path=logs / f"{d.name}.log",
-            env=dict(os.environ),
+            env=d.env,
         )
 
 

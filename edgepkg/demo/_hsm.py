@@ -50,8 +50,8 @@ class Token:
         return f"pkcs11:{';'.join(path)}?module-path={self.module}&pin-source={self.pin_file}"
 
 
-def setup_softhsm(hsm_dir: Path, module: str) -> Path:
-    """Write a private ``softhsm2.conf`` under ``hsm_dir`` and point this process at it."""
+def write_softhsm_conf(hsm_dir: Path) -> Path:
+    """A private ``softhsm2.conf`` whose token directory is ``hsm_dir/tokens``."""
     tokens = hsm_dir / "tokens"
     tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
     conf = hsm_dir / "softhsm2.conf"
@@ -59,13 +59,20 @@ def setup_softhsm(hsm_dir: Path, module: str) -> Path:
         f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
         "log.level = ERROR\nslots.removable = false\n"
     )
+    return conf
+
+
+def setup_softhsm(hsm_dir: Path, module: str) -> Path:
+    """Write a private ``softhsm2.conf`` under ``hsm_dir`` and point this process at it."""
+    conf = write_softhsm_conf(hsm_dir)
     os.environ["SOFTHSM2_CONF"] = str(conf)
     os.environ[MODULE_ENV] = module
     return conf
 
 
-def init_token(hsm_dir: Path, module: str, label: str) -> Token:
-    """Initialise a fresh token ``label`` with random SO and user PINs."""
+def init_token(hsm_dir: Path, module: str, label: str, *, conf: Path | None = None) -> Token:
+    """Initialise a fresh token ``label`` with random SO and user PINs (in the SoftHSM2
+    configuration ``conf``, default: this process's)."""
     pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
     pin_file = hsm_dir / f"{label}.pin"
     fd = os.open(pin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -86,7 +93,7 @@ def init_token(hsm_dir: Path, module: str, label: str) -> Token:
         capture_output=True,
         text=True,
         timeout=60,
-        env=os.environ.copy(),
+        env=_env(conf),
         check=False,
     )
     if proc.returncode != 0:
@@ -95,3 +102,10 @@ def init_token(hsm_dir: Path, module: str, label: str) -> Token:
             f"{(proc.stderr or proc.stdout).strip()[:300]}"
         )
     return Token(label, module, pin_file)
+
+
+def _env(conf: Path | None) -> dict[str, str]:
+    env = os.environ.copy()
+    if conf is not None:
+        env["SOFTHSM2_CONF"] = str(conf)
+    return env
