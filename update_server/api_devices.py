@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -22,7 +22,7 @@ from update_server.assignments import safe_assignments
 from update_server.auth import consume_enrollment_token, hash_token
 from update_server.config import ServerConfig
 from update_server.db import get_session, utcnow
-from update_server.device_auth import authenticate_device, require_own_device
+from update_server.device_auth import DeviceRecord, authenticate_device, require_own_device
 from update_server.errors import (
     BadRequestError,
     ConflictError,
@@ -50,7 +50,7 @@ def _now() -> dt.datetime:
     return clock() if clock is not None else utcnow()
 
 
-def _signed_device(db: Session, device_id: str) -> Device:
+def _signed_device(db: Session, device_id: str) -> DeviceRecord:
     cfg = _config()
     device = authenticate_device(db, request, _now(), cfg.signature_window_s)
     require_own_device(device, device_id)
@@ -179,12 +179,6 @@ def checkin(device_id: str) -> ResponseReturnValue:
     facts = v.get_dict(body, "facts", required=False)
     now = _now()
 
-    device.last_seen = now
-    device.state = state
-    device.last_error = last_error
-    device.free_disk_bytes = free_disk
-    if facts is not None:
-        device.facts = facts
     device.last_checkin = {
         "time": now.isoformat(),
         "models": models,
@@ -193,13 +187,25 @@ def checkin(device_id: str) -> ResponseReturnValue:
         "free_disk_bytes": free_disk,
         "last_error": last_error,
     }
+    values: dict[str, Any] = {
+        "last_seen": now,
+        "state": state,
+        "last_error": last_error,
+        "free_disk_bytes": free_disk,
+        "last_checkin": device.last_checkin,
+    }
+    if facts is not None:
+        values["facts"] = facts
+    conn = db.connection()
+    # One UPDATE of the device row (Core: no ORM load, no unit-of-work flush).
+    conn.execute(_UPDATE_DEVICE, {"_id": device.id, **values})
     running: dict[str, str] = {}
     for name, info in models.items():
         slot = info["active_slot"]
         active = info["slots"].get(slot) if slot else None
         if active is not None:
             running[name] = active["version"]
-    _sync_device_models(db, device, models, now)
+    _sync_device_models(conn, device, models, now)
 
     releases = current_app.extensions["edgepkg_releases"].get()
     service = rollout_service()
@@ -211,10 +217,18 @@ def checkin(device_id: str) -> ResponseReturnValue:
     return jsonify(poll_interval=cfg.poll_interval, assignments=assignments)
 
 
+_devices = Device.__table__
+_device_models = DeviceModel.__table__
+# SET columns come from the parameter names given at execution.
+_UPDATE_DEVICE = _devices.update().where(_devices.c.id == bindparam("_id"))
+
+
 def _sync_device_models(
-    db: Session, device: Device, models: dict[str, dict[str, Any]], now: dt.datetime
+    conn: Connection, device: DeviceRecord, models: dict[str, dict[str, Any]], now: dt.datetime
 ) -> None:
-    current = {m.model: m for m in device.models}
+    """Write the per-model rows that changed (usually none) and update ``device.models``."""
+    current = dict(device.models)
+    dm = _device_models.c
     for name, info in models.items():
         slot = info["active_slot"]
         active = info["slots"].get(slot) if slot else None
@@ -222,15 +236,26 @@ def _sync_device_models(
         sha = active["sha256"] if active else None
         row = current.pop(name, None)
         if row is None:
-            device.models.append(
-                DeviceModel(
-                    model=name, version=version, sha256=sha, active_slot=slot, updated_at=now
+            conn.execute(
+                _device_models.insert().values(
+                    device_id=device.id,
+                    model=name,
+                    version=version,
+                    sha256=sha,
+                    active_slot=slot,
+                    updated_at=now,
                 )
             )
-        elif (row.version, row.sha256, row.active_slot) != (version, sha, slot):
-            row.version, row.sha256, row.active_slot, row.updated_at = version, sha, slot, now
-    for row in current.values():
-        device.models.remove(row)
+        elif row != (version, sha, slot):
+            conn.execute(
+                _device_models.update()
+                .where(dm.device_id == device.id, dm.model == name)
+                .values(version=version, sha256=sha, active_slot=slot, updated_at=now)
+            )
+        device.models[name] = (version, sha, slot)
+    for name in current:
+        conn.execute(_device_models.delete().where(dm.device_id == device.id, dm.model == name))
+        del device.models[name]
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -314,7 +339,7 @@ def post_events(device_id: str) -> ResponseReturnValue:
         service = rollout_service()
         if service is not None:
             service.on_device_events(db, device, new_events, now)
-    device.last_seen = now
+    db.connection().execute(_UPDATE_DEVICE, {"_id": device.id, "last_seen": now})
     db.commit()
     return jsonify(accepted=len(accepted_ids), duplicates=duplicates)
 

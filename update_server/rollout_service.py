@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -414,6 +414,21 @@ def _due(rollout_id: str, now: dt.datetime) -> bool:
 # --- the calls the device endpoints make -----------------------------------------------------
 
 
+_rollouts = Rollout.__table__
+
+
+def _flush_pending(session: Session) -> None:
+    """Core statements do not autoflush: flush ORM changes a caller made first (cheap no-op on
+    the check-in path, whose session holds no ORM objects)."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+
+
+_SELECT_RUNNING = select(_rollouts.c.id, _rollouts.c.selector).where(
+    _rollouts.c.status == eng.RUNNING
+)
+
+
 def assignments_for_device(
     session: Session, device: Device, releases: Sequence[Release], now: dt.datetime
 ) -> list[dict[str, Any]]:
@@ -425,14 +440,24 @@ def assignments_for_device(
     sample for the latency alert. The caller commits.
     """
     observe_health(session, device, now)
+    _flush_pending(session)
+    tags = tuple(device.tags or ())
+    # Cheap pre-check on every check-in: which running rollouts select this device at all?
+    # (ids + selectors only; the ORM rows are loaded only when one does.)
+    wanted = [
+        rid
+        for rid, selector in session.connection().execute(_SELECT_RUNNING)
+        if eng.Selector(frozenset((selector or {}).get("tags", []))).matches(tags)
+    ]
+    if not wanted:
+        return []
     running = list(
         session.scalars(
-            select(Rollout).where(Rollout.status == eng.RUNNING).order_by(Rollout.created_at.desc())
+            select(Rollout)
+            .where(Rollout.status == eng.RUNNING, Rollout.id.in_(wanted))
+            .order_by(Rollout.created_at.desc())
         )
     )
-    if not running:
-        return []
-    tags = tuple(device.tags or ())
     running = [
         r for r in running if eng.Selector(frozenset(r.selector.get("tags", []))).matches(tags)
     ]
@@ -577,26 +602,40 @@ def rollout_status(session: Session, device: Device | str, rollout_id: str | Non
 # --- health and alerts -----------------------------------------------------------------------
 
 
+_baselines = DeviceLatencyBaseline.__table__
+_SELECT_BASELINE = select(
+    _baselines.c.p95_ms, _baselines.c.samples, _baselines.c.last_p95_ms
+).where(_baselines.c.device_id == bindparam("device_id"))
+_UPDATE_BASELINE = _baselines.update().where(_baselines.c.device_id == bindparam("_id"))
+
+
 def observe_health(session: Session, device: Device, now: dt.datetime) -> None:
-    """Fold the p95 latency of the device's last check-in into its baseline."""
+    """Fold the p95 latency of the device's last check-in into its baseline.
+
+    Core statements (one SELECT; a write only when the baseline moves): this runs on every
+    check-in. ORM objects the caller added are flushed first (the row references the device).
+    """
     health = (device.last_checkin or {}).get("health") if device.last_checkin else None
     if not isinstance(health, Mapping):
         return
     p95 = health.get("latency_p95_ms")
-    row = session.get(DeviceLatencyBaseline, device.id)
+    _flush_pending(session)
+    conn = session.connection()
+    row = conn.execute(_SELECT_BASELINE, {"device_id": device.id}).first()
     old = al.Baseline(row.p95_ms, row.samples) if row else None
     new = al.update_baseline(old, p95)
     if new is None:
         return
     if row is None:
-        session.add(
-            DeviceLatencyBaseline(
-                device_id=device.id,
-                p95_ms=new.p95_ms,
-                samples=1,
-                last_p95_ms=new.p95_ms,
-                updated_at=now,
-            )
+        conn.execute(
+            _baselines.insert(),
+            {
+                "device_id": device.id,
+                "p95_ms": new.p95_ms,
+                "samples": 1,
+                "last_p95_ms": new.p95_ms,
+                "updated_at": now,
+            },
         )
         return
     last = float(p95) if isinstance(p95, int | float) and not isinstance(p95, bool) else None
@@ -610,11 +649,15 @@ def observe_health(session: Session, device: Device, now: dt.datetime) -> None:
     ):
         return  # nothing worth a write on this check-in
     if new != old or row.last_p95_ms != last:
-        row.p95_ms, row.samples, row.last_p95_ms, row.updated_at = (
-            new.p95_ms,
-            min(new.samples, 1_000_000),
-            last,
-            now,
+        conn.execute(
+            _UPDATE_BASELINE,
+            {
+                "_id": device.id,
+                "p95_ms": new.p95_ms,
+                "samples": min(new.samples, 1_000_000),
+                "last_p95_ms": last,
+                "updated_at": now,
+            },
         )
 
 
