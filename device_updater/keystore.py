@@ -7,7 +7,9 @@ The only ``device_updater`` module that touches ``cryptography.hazmat`` (through
   token, sensitive and non-extractable; it signs server requests (ECDSA) and is the HPKE
   recipient for bundles (ECDH in the token). The trust anchors (SHA-256 of the initial TUF root and
   the release signing public keys) are a private data object in the token, written once at
-  enrollment and read back at every cycle, never from a writable file.
+  enrollment (CKA_MODIFIABLE/CKA_DESTROYABLE false: the user PIN, which must sit on the device,
+  can neither change nor delete it) and read back at every cycle, never from a writable file. A
+  second anchors object (all the user PIN can add) makes every read fail: nothing is installed.
 * :class:`FileKeystore` (development only, warns): the same in a directory.
 """
 
@@ -43,6 +45,19 @@ class AnchorsMissingError(KeystoreError):
 
 class BadAnchorsError(KeystoreError, UntrustedDeviceInputError):
     """The stored trust anchors are malformed."""
+
+
+class AnchorsTamperedError(KeystoreError, UntrustedDeviceInputError):
+    """The token holds more than one trust-anchors object: someone with the user PIN added one.
+
+    An untrusted-input error, so an update in progress is rejected with this reason (reported to
+    the server) while the running model keeps serving; nothing is installed until the device is
+    re-provisioned.
+    """
+
+
+class AnchorsAlreadyProvisionedError(KeystoreError):
+    """The token already holds different trust anchors; they are write-once."""
 
 
 @dataclass(frozen=True)
@@ -190,19 +205,44 @@ class Pkcs11Keystore:
             raise _wrap("the token refused to sign", exc) from exc
 
     def trust_anchors(self) -> TrustAnchors:
+        """The anchors provisioned at enrollment. Refuses (:class:`AnchorsTamperedError`) when
+        the token holds more than one anchors object: never picks one."""
         try:
-            raw = ekeys.read_data_object(self._token_uri, ANCHORS_LABEL, pin=self._pin)
-        except EdgepkgError as exc:
+            raw = ekeys.read_unique_data_object(self._token_uri, ANCHORS_LABEL, pin=self._pin)
+        except ekeys.DataObjectMissingError as exc:
             raise AnchorsMissingError(
                 f"no trust anchors in the token ({exc}); enroll the device first") from exc
+        except ekeys.DataObjectConflictError as exc:
+            raise AnchorsTamperedError(
+                f"trust anchors tampered with: {exc}. No update is installed until the device "
+                "is re-provisioned through the factory path (token re-initialised under the SO "
+                "PIN, then enroll again)") from exc
+        except EdgepkgError as exc:
+            raise _wrap("cannot read the trust anchors from the token", exc) from exc
         return TrustAnchors.from_bytes(raw)
 
     def provision(self, anchors: TrustAnchors) -> None:
+        """Write the anchors once (not modifiable, not destroyable with the user PIN).
+
+        Provisioning the very same anchors again is a no-op (a retried enrollment); different
+        anchors are refused with :class:`AnchorsAlreadyProvisionedError`.
+        """
         try:
-            ekeys.store_data_object(self._token_uri, ANCHORS_LABEL, anchors.to_bytes(),
-                                    pin=self._pin)
+            created = ekeys.create_data_object_once(self._token_uri, ANCHORS_LABEL,
+                                                    anchors.to_bytes(), pin=self._pin)
+        except ekeys.DataObjectExistsError as exc:
+            raise AnchorsAlreadyProvisionedError(
+                "the token already holds other trust anchors; they are write-once and cannot be "
+                "replaced with the user PIN. To re-provision, use the SO/factory path: "
+                "re-initialise the token with the SO PIN (softhsm2-util --init-token, "
+                "tpm2_ptool, or the HSM's SO tools; this also replaces the device key), wipe the "
+                "state directory, then run 'edge-updater enroll' again") from exc
+        except ekeys.DataObjectConflictError as exc:
+            raise AnchorsTamperedError(f"trust anchors tampered with: {exc}") from exc
         except EdgepkgError as exc:
             raise _wrap("cannot store the trust anchors in the token", exc) from exc
+        if not created:
+            log.info("the token already holds these trust anchors; nothing written")
 
 
 class FileKeystore:
@@ -268,5 +308,14 @@ class FileKeystore:
         return TrustAnchors.from_bytes(raw)
 
     def provision(self, anchors: TrustAnchors) -> None:
+        """Same contract as the token (write-once, same anchors again is a no-op), though a file
+        protects nothing against someone who can write the directory."""
+        path = self.dir / "anchors.json"
+        if path.exists():
+            if self.trust_anchors() == anchors:
+                return
+            raise AnchorsAlreadyProvisionedError(
+                f"{path} already holds other trust anchors; they are write-once. To re-provision "
+                "a development device, delete the keystore and state directories and enroll again")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_bytes(self.dir / "anchors.json", anchors.to_bytes(), 0o600)
+        atomic_write_bytes(path, anchors.to_bytes(), 0o600)

@@ -93,3 +93,15 @@ def test_file_keystore_warns_and_works(tmp_path: Path, release_pem: bytes,
 def test_pkcs11_keystore_refuses_non_uri() -> None:
     with pytest.raises(KeystoreError):
         Pkcs11Keystore("/etc/passwd")
+
+
+def test_file_keystore_anchors_are_write_once_like_the_token(tmp_path: Path,
+                                                             release_pem: bytes) -> None:
+    from device_updater.keystore import AnchorsAlreadyProvisionedError
+
+    ks = FileKeystore(tmp_path / "ks")
+    ks.provision(TrustAnchors("b" * 64, [release_pem]))
+    ks.provision(TrustAnchors("b" * 64, [release_pem]))  # same anchors: a retried enrollment
+    with pytest.raises(AnchorsAlreadyProvisionedError, match="enroll again"):
+        ks.provision(TrustAnchors("c" * 64, [release_pem]))
+    assert FileKeystore(tmp_path / "ks").trust_anchors().root_sha256 == "b" * 64

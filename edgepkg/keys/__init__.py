@@ -17,6 +17,7 @@ from edgepkg.keys._api import (
     CreatedKey,
     KeyKind,
     KeyRef,
+    create_data_object_once,
     create_key,
     delete_data_object,
     generate_token_keypair,
@@ -25,7 +26,13 @@ from edgepkg.keys._api import (
     load_recipient_key,
     load_signer,
     read_data_object,
+    read_unique_data_object,
     store_data_object,
+)
+from edgepkg.keys._pkcs11 import (
+    DataObjectConflictError,
+    DataObjectExistsError,
+    DataObjectMissingError,
 )
 from edgepkg.keys._software import (
     FileRecipientKey,
@@ -50,6 +57,9 @@ __all__ = [
     "MODULE_ENV",
     "PIN_ENV",
     "CreatedKey",
+    "DataObjectConflictError",
+    "DataObjectExistsError",
+    "DataObjectMissingError",
     "FileRecipientKey",
     "FileSigner",
     "KeyKind",
@@ -61,6 +71,7 @@ __all__ = [
     "Signer",
     "SigningAlgorithm",
     "algorithm_of",
+    "create_data_object_once",
     "create_key",
     "delete_data_object",
     "generate_token_keypair",
@@ -73,6 +84,7 @@ __all__ = [
     "public_key_id",
     "public_key_pem",
     "read_data_object",
+    "read_unique_data_object",
     "store_data_object",
     "verify_signature",
 ]

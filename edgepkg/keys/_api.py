@@ -205,8 +205,30 @@ def store_data_object(
 
 
 def read_data_object(token_uri: str | Pkcs11Uri, label: str, *, pin: str | None = None) -> bytes:
-    """The value of the private CKO_DATA object ``label``; :class:`HSMError` when absent."""
+    """The value of the private CKO_DATA object ``label``; :class:`DataObjectMissingError` (an
+    :class:`HSMError`) when absent."""
     return _pkcs11.read_data_object(_token_uri(token_uri), label, pin=pin)
+
+
+def create_data_object_once(
+    token_uri: str | Pkcs11Uri, label: str, value: bytes, *, pin: str | None = None
+) -> bool:
+    """Create the write-once private CKO_DATA object ``label`` (not modifiable, not destroyable,
+    not copyable); True when created, False when exactly one object already holds ``value``.
+
+    :class:`DataObjectExistsError` when it holds another value, :class:`DataObjectConflictError`
+    when several objects carry the label. For values the user PIN must not be able to change
+    (device trust anchors); read them back with :func:`read_unique_data_object`.
+    """
+    return _pkcs11.create_data_object_once(_token_uri(token_uri), label, value, pin=pin)
+
+
+def read_unique_data_object(
+    token_uri: str | Pkcs11Uri, label: str, *, pin: str | None = None
+) -> bytes:
+    """The value of the write-once data object ``label``; :class:`DataObjectMissingError` when
+    absent, :class:`DataObjectConflictError` when more than one object carries the label."""
+    return _pkcs11.read_unique_data_object(_token_uri(token_uri), label, pin=pin)
 
 
 def delete_data_object(token_uri: str | Pkcs11Uri, label: str, *, pin: str | None = None) -> int:
