@@ -5,7 +5,8 @@ Stream (after the container header), one record per chunk of the new file, then 
 
     u32 n            bytes of new file in this chunk (1..CHUNK_MAX)
     u8  transform    0 = XOR, 1 = byte-wise subtraction (mod 256)
-    u8  layout       0 = one zstd frame of the residual, 1 = four frames, one per byte plane
+    u8  layout       0 = one frame of the residual, 1 = four frames, one per byte plane,
+                     2 = no frame: the residual is all zeros
     u16 nops
     nops x (u8 kind, u32 length, i64 old_offset)   kind 0 = literal, 1 = aligned with old
     frames: (u8 codec, u32 compressed length, frame) x (1 or 4)   codec 0 = zstd, 1 = bz2
@@ -39,7 +40,7 @@ _LEN = struct.Struct(">I")
 _FRAME = struct.Struct(">BI")
 ZSTD, BZ2 = 0, 1
 XOR, SUB8 = 0, 1
-RAW, PLANES = 0, 1
+RAW, PLANES, ZERO = 0, 1, 2  # ZERO: the residual is all zeros, no frame follows
 LITERAL, ALIGNED = 0, 1
 
 # cost proxy: bits of the signed magnitude of a residual byte (0 for 0, 8 for +-128)
@@ -62,6 +63,7 @@ class Encoder:
         self._index = AnchorIndex(old, old_len)
         self._fast = zstd.ZstdCompressor(level=1)
         self._final = zstd.ZstdCompressor(level=level)
+        self._strong = zstd.ZstdCompressor(level=max(level, 19))
         self._shift = 0
         self.aligned_bytes = 0
         # bytes around anchor hits (content shared with the old file) that the chosen ops do not
@@ -98,8 +100,7 @@ class Encoder:
         if off < 0 or off + n > self._old.length or self._old.read_at(off, n) != new_bytes:
             return None
         self.aligned_bytes += n
-        zeros = self._final.compress(bytes(n))
-        return _REC.pack(n, XOR, RAW, 1) + _OP.pack(ALIGNED, n, off) + _pack_frames([(ZSTD, zeros)])
+        return _REC.pack(n, XOR, ZERO, 1) + _OP.pack(ALIGNED, n, off)
 
     def encode_chunk(self, new_bytes: bytes, pos: int) -> bytes:
         same = self._identical(new_bytes, pos)
@@ -184,10 +185,13 @@ class Encoder:
         tr, lay, res = best_v
         parts = _planes(res) if lay == PLANES else [res.tobytes()]
         frames: list[tuple[int, bytes]] = [(ZSTD, self._final.compress(p)) for p in parts]
-        if lay == RAW:  # small-alphabet residuals (int8 re-quantization): bz2 often wins
-            alt = bz2.compress(parts[0], 9)
-            if len(alt) < len(frames[0][1]):
-                frames = [(BZ2, alt)]
+        if lay == RAW:  # small-alphabet residuals (int8 re-quantization): try stronger coders
+            alts = [(BZ2, bz2.compress(parts[0], 9))]
+            if len(frames[0][1]) < n // 8:  # sparse: level 19 is cheap here and often best
+                alts.append((ZSTD, self._strong.compress(parts[0])))
+            for alt in alts:
+                if len(alt[1]) < len(frames[0][1]):
+                    frames = [alt]
         return _REC.pack(n, tr, lay, len(op_recs)) + b"".join(op_recs) + _pack_frames(frames)
 
 
@@ -237,7 +241,7 @@ def apply(old: OldFile, stream: BinaryIO, out: BoundedWriter) -> None:
             return
         rest = read_exact(stream, _REC.size - 4, "chunk header")
         _, tr, lay, nops = _REC.unpack(_LEN.pack(n) + rest)
-        if n > CHUNK_MAX or tr not in (XOR, SUB8) or lay not in (RAW, PLANES):
+        if n > CHUNK_MAX or tr not in (XOR, SUB8) or lay not in (RAW, PLANES, ZERO):
             raise DeltaError("delta chunk header is invalid (corrupt patch)")
         if out.count + n > out.limit:
             out.write(bytes(out.limit - out.count + 1))  # raises TooLargeError
@@ -246,7 +250,9 @@ def apply(old: OldFile, stream: BinaryIO, out: BoundedWriter) -> None:
         if sum(op[1] for op in ops) != n or any(op[0] not in (LITERAL, ALIGNED) for op in ops):
             raise DeltaError("delta operations do not cover the chunk (corrupt patch)")
         sizes = [(n - i + 3) // 4 for i in range(4)] if lay == PLANES else [n]
-        res = np.empty(n, dtype=np.uint8)
+        if lay == ZERO:
+            sizes = []
+        res = np.empty(n, dtype=np.uint8) if sizes else np.zeros(n, dtype=np.uint8)
         for i, size in enumerate(sizes):
             codec, clen = _FRAME.unpack(read_exact(stream, _FRAME.size, "frame header"))
             if codec not in (ZSTD, BZ2) or clen > size + (size >> 6) + 1024:
