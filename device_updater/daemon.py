@@ -30,6 +30,7 @@ import re
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -381,6 +382,23 @@ class Agent:
         except Error as exc:  # an event that cannot be queued must not stop an update
             log.error("cannot queue event %s: %s", type_, exc)
 
+    def _outcome_event(self, st: UpdateState, **details: Any) -> None:
+        """Queue the event for the outcome ``st`` (committed / rejected / rolled_back) under an id
+        derived from that persisted outcome: if power is cut between saving the outcome and
+        queueing its event, start-up queues it again (:meth:`recover`) and the server, idempotent
+        by id, keeps one."""
+        type_ = {Phase.COMMITTED: "committed", Phase.REJECTED: "rejected",
+                 Phase.ROLLED_BACK: "rolled_back"}[st.phase]
+        key = (f"edgepkg-outcome/{self.enrollment.device_id}/{st.model}/{st.version}/"
+               f"{st.phase.value}/{st.transitions}/{st.updated_at!r}")
+        try:
+            self.events.append(make_event(type_, now=self.clock(), model=st.model,
+                                          version=st.version, rollout_id=st.rollout_id,
+                                          details=details,
+                                          event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, key))))
+        except Error as exc:
+            log.error("cannot queue event %s: %s", type_, exc)
+
     # -- TUF (one Updater per cycle) -----------------------------------------------------------
     def anchors(self) -> TrustAnchors:
         return self.keystore.trust_anchors()
@@ -403,14 +421,20 @@ class Agent:
     def recover(self) -> None:
         """Start-up recovery for every model (H6's rules), before anything else."""
         for model in self.layout.model_names():
-            action = run_recovery(self.store(model), self.slots(model), self.clock())
+            store = self.store(model)
+            crashed = store.was_running()
+            action = run_recovery(store, self.slots(model), self.clock(), crashed=crashed)
+            st = action.state
+            outcome = st.phase in (Phase.COMMITTED, Phase.REJECTED, Phase.ROLLED_BACK)
+            if action.save and outcome:
+                self._outcome_event(st, reason=action.reason)
+            elif crashed and outcome and st.model is not None:
+                # The last process may have died between saving this outcome and queueing its
+                # event: queue it again (same id, so the server keeps one).
+                self._outcome_event(st, reason=st.reason, recovered=True)
             if action.reason != "nothing to do":
                 log.warning("recovery", extra={"model": model, "reason": action.reason,
-                                               "phase": action.state.phase.value})
-                if action.state.phase is Phase.ROLLED_BACK and action.save:
-                    self._event("rolled_back", action.state, reason=action.reason)
-                elif action.state.phase is Phase.REJECTED and action.save:
-                    self._event("rejected", action.state, reason=action.reason)
+                                               "phase": st.phase.value})
                 self._export_active(model)
 
     # -- check-in ------------------------------------------------------------------------------
@@ -534,7 +558,7 @@ class Agent:
         if st.slot is not None and st.slot != slots.active_name():
             with contextlib.suppress(SlotError):
                 slots.discard(st.slot)
-        self._event("rejected", new, reason=reason, phase=st.phase.value)
+        self._outcome_event(new, reason=reason, phase=st.phase.value)
         log.warning("update rejected", extra={"model": model, "version": st.version,
                                               "reason": reason})
         return new
@@ -578,7 +602,7 @@ class Agent:
                 self._event("verification_failed", st, reason=str(exc), phase=st.phase.value)
                 new = self._save(model, transition(st, Retry(str(exc)), self.clock()))
                 if new.phase is Phase.REJECTED:
-                    self._event("rejected", new, reason=new.reason)
+                    self._outcome_event(new, reason=new.reason)
                 return
             except MetadataExpiredError as exc:
                 self.last_error = str(exc)
@@ -819,7 +843,7 @@ class Agent:
             self._rollback(model, st, decision.reason)
             return False
         new = self._save(model, transition(st, Committed(decision.reason), self.clock()))
-        self._event("committed", new, reason=decision.reason, inferences=decision.inferences)
+        self._outcome_event(new, reason=decision.reason, inferences=decision.inferences)
         return False
 
     def _rollback(self, model: str, st: UpdateState, reason: str) -> None:
@@ -833,7 +857,7 @@ class Agent:
             with contextlib.suppress(SlotError):
                 slots.discard(st.slot)
         self._export_active(model)
-        self._event("rolled_back", new, reason=reason)
+        self._outcome_event(new, reason=reason)
         log.warning("rolled back", extra={"model": model, "version": st.version,
                                           "reason": reason})
 
@@ -857,7 +881,7 @@ class Agent:
         assert new.expected_active is not None
         info = slots.switch_to(new.expected_active)
         self._export_active(model)
-        self._event("rolled_back", new, reason="operator rollback", to_version=info.version)
+        self._outcome_event(new, reason="operator rollback", to_version=info.version)
         return info
 
     # -- the loop --------------------------------------------------------------------------------
