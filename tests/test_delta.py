@@ -13,6 +13,7 @@ import pytest
 
 from edgepkg.delta import (
     METHODS,
+    ChunkStream,
     apply_delta,
     delta_method_bounds,
     make_delta,
@@ -322,6 +323,42 @@ def test_apply_from_a_non_seekable_stream(tmp_path, made, method):
         old, stream, tmp_path / "out", expected_sha256=_sha(new_b), expected_length=len(new_b)
     )
     assert (tmp_path / "out").read_bytes() == new_b
+
+
+def test_apply_from_an_iterator_of_chunks_like_a_bundle_plaintext(tmp_path, made):
+    old, new_b, deltas = made
+    data = deltas["tensor"].read_bytes()
+    chunks = (data[i : i + 1000] for i in range(0, len(data), 1000))
+    apply_delta(
+        old,
+        ChunkStream(chunks),
+        tmp_path / "out",
+        expected_sha256=_sha(new_b),
+        expected_length=len(new_b),
+    )
+    assert (tmp_path / "out").read_bytes() == new_b
+
+
+def test_bsdiff_control_block_that_makes_no_progress_is_refused(tmp_path, pair):
+    import bz2
+
+    from edgepkg.delta._format import DeltaHeader
+
+    old_b, new_b = b"a" * 100, b"b" * 100
+    old, _ = pair(old_b, new_b)
+    ctrl = bz2.compress(bytes(24 * 5000))  # 5000 empty (0, 0, 0) entries
+    body_blocks = ctrl + bz2.compress(b"") + bz2.compress(b"")
+    body = struct.pack("<8sqqq", b"BSDIFF40", len(ctrl), len(bz2.compress(b"")), 100)
+    header = DeltaHeader("bsdiff", 100, _sha(old_b), 100, _sha(new_b)).pack()
+    (tmp_path / "loop.delta").write_bytes(header + body + body_blocks)
+    with pytest.raises(DeltaError, match="no progress"):
+        apply_delta(
+            old,
+            tmp_path / "loop.delta",
+            tmp_path / "out",
+            expected_sha256=_sha(new_b),
+            expected_length=100,
+        )
 
 
 def test_apply_refuses_oversized_delta_stream(tmp_path, made):

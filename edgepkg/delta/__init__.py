@@ -26,13 +26,15 @@ Memory bound of each method's *apply* is given by :func:`delta_method_bounds`.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from edgepkg._atomic import atomic_output
 from edgepkg.delta import _bsdiff, _tensor, _zwindow
@@ -44,6 +46,7 @@ __all__ = [
     "DEFAULT_MAX_BSDIFF_BYTES",
     "DEFAULT_MAX_ZWINDOW_BYTES",
     "METHODS",
+    "ChunkStream",
     "DeltaHeader",
     "DeltaResult",
     "apply_delta",
@@ -233,6 +236,8 @@ def apply_delta(
         with open(delta, "rb") as fh:
             _apply_stream(old_path, fh, out_path, expected_sha256, expected_length, limit)
     else:
+        if isinstance(delta, io.RawIOBase):  # raw reads may return short: buffer them
+            delta = io.BufferedReader(delta, BUF)  # type: ignore[assignment]
         _apply_stream(old_path, delta, out_path, expected_sha256, expected_length, limit)
 
 
@@ -270,6 +275,29 @@ def _apply_stream(
             )
         if writer.hexdigest() != expected_sha256:
             raise DeltaError("rebuilt file does not match the expected SHA-256 (corrupt delta)")
+
+
+class ChunkStream(io.RawIOBase):
+    """A read-only binary stream over an iterator of byte chunks (e.g. a bundle's verified
+    plaintext from ``edgepkg.bundle.open_plaintext``), to pass to :func:`apply_delta`."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it = iter(chunks)
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._it)
+            except StopIteration:
+                return 0
+        n = min(len(buf), len(self._buf))
+        buf[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 class _Counted:

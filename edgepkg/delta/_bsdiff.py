@@ -21,6 +21,7 @@ from edgepkg.errors import DeltaError
 _MAGIC = b"BSDIFF40"
 _HDR = struct.Struct("<8sqqq")
 _RAW_CHUNK = 64 * 1024
+_MAX_EMPTY = 1024
 
 
 def diff(old: bytes, new: bytes) -> bytes:
@@ -101,11 +102,15 @@ def apply(old: OldFile, fh: BinaryIO, body_start: int, body_len: int, out: Bound
     )
     newpos = 0
     oldpos = 0
+    empty = 0
     while newpos < new_size:
         c = ctrl.read(24)
         x, y, z = _offtin(c[0:8]), _offtin(c[8:16]), _offtin(c[16:24])
         if x < 0 or y < 0 or newpos + x + y > new_size:
             raise DeltaError("bsdiff control block is out of range (corrupt patch)")
+        empty = empty + 1 if x + y == 0 else 0
+        if empty > _MAX_EMPTY:  # a bz2 bomb of empty entries would loop for hours
+            raise DeltaError("bsdiff control block makes no progress (corrupt patch)")
         left = x
         while left:
             k = min(left, BUF)
