@@ -110,7 +110,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
             f"[2/6] update server: {server.url} (SQLite, gunicorn, poll every "
             f"{config.poll_interval}s)"
         )
-        lap("server")
+        lap("server (+training)")
 
         # 3. fleet
         from edgepkg.demo import _models
@@ -208,8 +208,23 @@ def run_demo(config: DemoConfig) -> DemoReport:
                     server.api.token,
                 )
                 report.screenshot = str(shot)
+                canary = next(
+                    (
+                        d
+                        for d in devices
+                        for e in server.events(d.device_id)
+                        if e.get("version") == "3.0.0" and e.get("type") == "rejected"
+                    ),
+                    None,
+                )
+                if canary is not None:  # the canary's page: its rejection reason, as reported
+                    take_screenshot(
+                        f"{server.url}/dashboard/devices/{canary.device_id}",
+                        shot.with_name(shot.stem + "-canary.png"),
+                        server.api.token,
+                    )
                 report.check("dashboard screenshot of the paused v3 rollout taken", True, str(shot))
-                log(f"      dashboard screenshot: {shot}")
+                log(f"      dashboard screenshots: {shot} (+ {shot.stem}-canary.png)")
             except DemoStepError as exc:
                 report.check("dashboard screenshot of the paused v3 rollout taken", False, str(exc))
 

