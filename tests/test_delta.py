@@ -22,7 +22,7 @@ from edgepkg.delta import (
 from edgepkg.delta._format import HEADER_SIZE
 from edgepkg.errors import DeltaError, TooLargeError, UsageError
 
-N_FLOATS = 256 * 1024  # 1 MiB of float32 weights
+N_FLOATS = 128 * 1024  # 512 KiB of float32 weights
 
 
 def _weights(seed: int, n: int = N_FLOATS) -> np.ndarray:
@@ -131,8 +131,9 @@ def test_insertion_realigns_after_the_inserted_bytes(tmp_path, pair):
     old_b, new_b = _scenario("insertion")
     old, new = pair(old_b, new_b)
     result = make_delta(old, new, tmp_path / "d", methods=["tensor"])
-    # only the inserted 1 % (random floats, ~86 % after byte planes) should cost anything
-    assert result.delta_size < 0.012 * len(new_b)
+    # only the inserted 1 % (random floats, ~86 % after byte planes) and the 4 KiB judged
+    # around each edge should cost anything; without re-alignment half the file would differ
+    assert result.delta_size < 0.02 * len(new_b)
 
 
 def test_head_retrain_costs_about_the_changed_part(tmp_path, pair):
