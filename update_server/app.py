@@ -120,7 +120,7 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    db = Database(pool_size=cfg.db_pool_size)
+    db = Database(pool_size=cfg.db_pool_size, pool_pre_ping=cfg.db_pool_pre_ping)
     db.init_app(app)
     csrf.init_app(app)
     app.before_request(_csrf_guard)

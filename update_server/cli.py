@@ -1,7 +1,8 @@
 """``edgepkg-server``: database migrations, the production server, operator credentials.
 
     edgepkg-server [--config FILE] [--database-url URL] init-db|migrate
-    edgepkg-server run [--bind 0.0.0.0:8080] [--workers 4] [--migrate]
+    edgepkg-server run [--bind 0.0.0.0:8080] [--workers N] [--worker-class gthread|sync]
+        [--threads 4] [--keep-alive 75] [--no-access-log] [--migrate]
     edgepkg-server create-token --role admin|release|viewer --name NAME [--expires-in 90d]
     edgepkg-server create-user --username NAME --role ROLE   (password from EDGEPKG_PASSWORD or stdin)
     edgepkg-server create-enrollment [--uses N] [--expires 7d|ISO] [--tags a,b] [--note TEXT]
@@ -130,8 +131,19 @@ def cmd_create_enrollment(args: argparse.Namespace) -> int:
     return 0
 
 
-def gunicorn_argv(bind: str, workers: int, extra: Sequence[str] = ()) -> list[str]:
-    return [
+def gunicorn_argv(
+    bind: str,
+    workers: int,
+    extra: Sequence[str] = (),
+    *,
+    worker_class: str = "gthread",
+    threads: int = 4,
+    keep_alive: int = 75,
+    access_log: bool = True,
+) -> list[str]:
+    """The gunicorn command line. Default: ``gthread`` workers (a thread per connection, HTTP
+    keep-alive, so devices and a proxy reuse connections); ``sync`` closes every connection."""
+    argv = [
         sys.executable,
         "-m",
         "gunicorn",
@@ -141,13 +153,15 @@ def gunicorn_argv(bind: str, workers: int, extra: Sequence[str] = ()) -> list[st
         "--workers",
         str(workers),
         "--worker-class",
-        "sync",
-        "--access-logfile",
-        "-",
+        worker_class,
         "--graceful-timeout",
         "20",
-        *extra,
     ]
+    if worker_class == "gthread":
+        argv += ["--threads", str(threads), "--keep-alive", str(keep_alive)]
+    if access_log:
+        argv += ["--access-logfile", "-"]
+    return [*argv, *extra]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -163,7 +177,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         env[ENV_PREFIX + "SECRET_KEY"] = secrets.token_hex(32)
     if not env.get("PROMETHEUS_MULTIPROC_DIR"):
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="edgepkg-metrics-")
-    argv = gunicorn_argv(args.bind, args.workers, args.gunicorn_arg or ())
+    argv = gunicorn_argv(
+        args.bind,
+        args.workers,
+        args.gunicorn_arg or (),
+        worker_class=args.worker_class,
+        threads=args.threads,
+        keep_alive=args.keep_alive,
+        access_log=not args.no_access_log,
+    )
     os.execve(sys.executable, argv, env)
     return 0  # pragma: no cover
 
@@ -189,7 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=cmd_migrate)
     s = sub.add_parser("run", help="run the server under gunicorn")
     s.add_argument("--bind", default="127.0.0.1:8080")
-    s.add_argument("--workers", type=int, default=max(2, (os.cpu_count() or 1) * 2))
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=max(2, os.cpu_count() or 1),
+        help="worker processes (default: one per core, at least 2)",
+    )
+    s.add_argument(
+        "--worker-class",
+        choices=("gthread", "sync"),
+        default="gthread",
+        help="gthread (default): threads + keep-alive; sync: one request per process",
+    )
+    s.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
+    s.add_argument(
+        "--keep-alive", type=int, default=75, help="seconds an idle keep-alive connection stays"
+    )
+    s.add_argument(
+        "--no-access-log", action="store_true", help="no per-request access log on stdout"
+    )
     s.add_argument("--migrate", action="store_true", help="migrate the database first")
     s.add_argument("--gunicorn-arg", action="append", help="extra gunicorn argument (repeat)")
     s.set_defaults(func=cmd_run)

@@ -41,6 +41,7 @@ class ServerConfig:
     metadata_max_age_s: int = 0
     targets_max_age_s: int = 31536000
     db_pool_size: int = 5
+    db_pool_pre_ping: bool = False
     session_cookie_secure: bool = False
     metrics_public: bool = False
     testing: bool = False

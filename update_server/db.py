@@ -75,8 +75,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
-def init_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
-    """Create an engine for ``url`` with the settings this server relies on."""
+def init_engine(
+    url: str, *, echo: bool = False, pool_size: int = 5, pool_pre_ping: bool = False
+) -> Engine:
+    """Create an engine for ``url`` with the settings this server relies on.
+
+    PostgreSQL: a pool of ``pool_size`` (+ as many overflow) connections per process, recycled
+    after 30 min. ``pool_pre_ping`` costs one extra round trip per request (a ``SELECT 1`` on
+    every checkout), so it is off by default: after a database restart SQLAlchemy sees the
+    disconnect on the first failing statement and invalidates the whole pool, so each worker
+    fails at most one request (devices retry) instead of every request paying a ping.
+    """
     kwargs: dict[str, Any] = {"echo": echo, "future": True}
     if url.startswith("sqlite"):
         if url in ("sqlite://", "sqlite:///:memory:"):
@@ -91,22 +100,26 @@ def init_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
         return engine
     kwargs["pool_size"] = pool_size
     kwargs["max_overflow"] = pool_size
-    kwargs["pool_pre_ping"] = True
+    kwargs["pool_pre_ping"] = pool_pre_ping
+    kwargs["pool_recycle"] = 1800
     return create_engine(url, **kwargs)
 
 
 class Database:
     """Engine + session factory; a Flask extension (``init_app``) that is also usable alone."""
 
-    def __init__(self, url: str | None = None, *, pool_size: int = 5) -> None:
+    def __init__(
+        self, url: str | None = None, *, pool_size: int = 5, pool_pre_ping: bool = False
+    ) -> None:
         self.engine: Engine | None = None
         self.session_factory: sessionmaker[Session] | None = None
         self._pool_size = pool_size
+        self._pool_pre_ping = pool_pre_ping
         if url is not None:
             self.connect(url)
 
     def connect(self, url: str) -> None:
-        self.engine = init_engine(url, pool_size=self._pool_size)
+        self.engine = init_engine(url, pool_size=self._pool_size, pool_pre_ping=self._pool_pre_ping)
         self.session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
 
     def init_app(self, app: Flask) -> None:

@@ -9,13 +9,14 @@ the directory. The same directory can be served by nginx or a CDN instead (docs/
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import stat
 import threading
 from pathlib import Path
 
-from flask import Blueprint, current_app, send_file
+from flask import Blueprint, Response, current_app, request, send_file
 from flask.typing import ResponseReturnValue
 from werkzeug.security import safe_join
 
@@ -69,18 +70,55 @@ def _serve(sub_dir: str, subpath: str, cache_control: str) -> ResponseReturnValu
     if not stat.S_ISREG(st.st_mode):
         raise NotFoundError("no such file")
     mimetype = "application/json" if path.suffix == ".json" else "application/octet-stream"
-    resp = send_file(
-        path,
-        mimetype=mimetype,
-        conditional=True,
-        etag=_etag(path, st),
-        last_modified=st.st_mtime,
-        max_age=None,
-    )
+    small = _small_file(path, st) if st.st_size <= _SMALL else None
+    if small is not None:
+        # Metadata polls (timestamp.json every few minutes from every device): bytes and ETag
+        # from memory, keyed by (path, mtime, size, inode); no open/read/hash per request.
+        data, tag = small
+        resp = Response(data, mimetype=mimetype)
+        resp.set_etag(tag)
+        resp.last_modified = dt.datetime.fromtimestamp(int(st.st_mtime), dt.UTC)
+        resp.make_conditional(request, accept_ranges=True, complete_length=len(data))
+    else:
+        resp = send_file(
+            path,
+            mimetype=mimetype,
+            conditional=True,
+            etag=_etag(path, st),
+            last_modified=st.st_mtime,
+            max_age=None,
+        )
     resp.headers["Cache-Control"] = cache_control
     resp.headers["Accept-Ranges"] = "bytes"
     resp.headers["X-Content-Type-Options"] = "nosniff"
     return resp
+
+
+_SMALL_CACHE_BYTES = 16 * 1024 * 1024
+_small_cache: dict[tuple[str, int, int, int], tuple[bytes, str]] = {}
+_small_cache_size = [0]
+
+
+def _small_file(path: Path, st: os.stat_result) -> tuple[bytes, str] | None:
+    key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+    with _etag_lock:
+        hit = _small_cache.get(key)
+    if hit is not None:
+        return hit
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) != st.st_size:
+        return None  # changed while reading: serve from disk this time
+    entry = (data, hashlib.sha256(data).hexdigest()[:32])
+    with _etag_lock:
+        if _small_cache_size[0] + len(data) > _SMALL_CACHE_BYTES:
+            _small_cache.clear()
+            _small_cache_size[0] = 0
+        _small_cache[key] = entry
+        _small_cache_size[0] += len(data)
+    return entry
 
 
 @bp.get("/metadata/<path:filename>")
