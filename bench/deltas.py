@@ -289,52 +289,28 @@ def bench_one(scenario: str, size: int, work: Path, args: argparse.Namespace) ->
     tools = [bench_ours(old, new, work, new_sha, new_len)]
     to, mem = args.peer_timeout, args.peer_max_gb * 1024
     p, r = work / "peer.patch", work / "peer.out"
-    tools.append(
-        bench_peer(
-            "xdelta3",
+    peers = {
+        "xdelta3": (
             ["xdelta3", "-e", "-9", "-S", "djw", "-f", "-s", str(old), str(new), str(p)],
             ["xdelta3", "-d", "-f", "-s", str(old), str(p), str(r)],
-            p,
-            r,
-            new_sha,
-            new_len,
-            to,
-            mem,
-        )
-    )
-    tools.append(
-        bench_peer(
-            "zstd-patch-from",
+        ),
+        "zstd-patch-from": (
             ["zstd", "-q", "-f", "-19", "--long=31", f"--patch-from={old}", str(new), "-o", str(p)],
             ["zstd", "-d", "-q", "-f", "--long=31", f"--patch-from={old}", str(p), "-o", str(r)],
-            p,
-            r,
-            new_sha,
-            new_len,
-            to,
-            mem,
-        )
-    )
-    if size > args.bsdiff_peer_max_mb * MB:
-        tools.append(
-            Tool(
-                "bsdiff", note=f"skipped (needs ~18x the file = ~{18 * size // MB // 1024 + 1} GB)"
-            )
-        )
-    else:
-        tools.append(
-            bench_peer(
-                "bsdiff",
-                ["bsdiff", str(old), str(new), str(p)],
-                ["bspatch", str(old), str(r), str(p)],
-                p,
-                r,
-                new_sha,
-                new_len,
-                to,
-                mem,
-            )
-        )
+        ),
+        "bsdiff": (
+            ["bsdiff", str(old), str(new), str(p)],
+            ["bspatch", str(old), str(r), str(p)],
+        ),
+    }
+    for name, (enc, dec) in peers.items():
+        if name.split("-")[0] not in args.peers:
+            tools.append(Tool(name, note="not run (--peers)"))
+        elif name == "bsdiff" and size > args.bsdiff_peer_max_mb * MB:
+            gb = 18 * size // MB // 1024 + 1
+            tools.append(Tool(name, note=f"skipped (needs ~18x the file = ~{gb} GB)"))
+        else:
+            tools.append(bench_peer(name, enc, dec, p, r, new_sha, new_len, to, mem))
     row["tools"] = [asdict(t) | {"diff": asdict(t.diff) if t.diff else None} for t in tools]
     for t in row["tools"]:
         for k in ("diff", "apply"):
@@ -505,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="work files and results.json (default: $TMP/edgepkg-deltas-bench)",
     )
+    ap.add_argument("--peers", default="xdelta3,zstd,bsdiff", help="peers to run")
     ap.add_argument("--peer-timeout", type=float, default=300)
     ap.add_argument("--peer-max-gb", type=float, default=8)
     ap.add_argument(
