@@ -53,7 +53,14 @@ from device_updater.events import EventQueue, make_event
 from device_updater.facts import device_facts, unmet_requirements
 from device_updater.http import Assignment, DeviceAuth, DeviceClient, enroll
 from device_updater.keystore import Keystore, TrustAnchors, device_id, device_public_key_pem
-from device_updater.slots import BundleSealer, ModelSummary, SlotInfo, SlotStore, other_slot
+from device_updater.slots import (
+    BundleSealer,
+    ModelSummary,
+    SlotInfo,
+    SlotStore,
+    export_path,
+    other_slot,
+)
 from device_updater.state import (
     Committed,
     Downloaded,
@@ -301,6 +308,66 @@ def make_validator(config: Config) -> Validator:
                             timeout=config.validation_timeout_s, external=external)
 
 
+# --- installing into a slot (shared by the agent and bench/device_install.py) -------------------
+
+
+def install_full(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: Path, *,
+                 keys: list[Any], trusted: list[Any]) -> SlotInfo:
+    """Decrypt a verified full bundle straight into ``slot``: one pass (decrypt, zstd, SHA-256
+    and at-rest sealing as chunks stream), checked against the signed ``candidate`` on commit."""
+    return slots.write(candidate, open_plaintext(bundle, keys=keys, trusted_keys=trusted),
+                       slot=slot)
+
+
+def install_delta(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: Path, *,
+                  keys: list[Any], trusted: list[Any], workdir: Path,
+                  runtime_dir: Path | None = None) -> SlotInfo:
+    """Rebuild ``candidate`` from the active model and a verified delta bundle into ``slot``.
+
+    The (small) patch is decrypted into ``workdir`` (tmpfs). The base is the active model's
+    plaintext export in ``runtime_dir`` when one is there (it is only used if its SHA-256 equals
+    the active slot's signed value, checked by the delta engine), else the active slot is
+    decrypted into ``workdir``. The rebuilt plaintext streams straight into the slot writer
+    (hash + seal in the same pass, no temporary plaintext); the slot is committed only if
+    length and SHA-256 match the signed ``candidate``.
+    Raises ``_Fallback``/DeltaError/SlotError: the caller installs the full bundle instead.
+    """
+    from edgepkg.delta import read_delta_header
+    from edgepkg.delta._stream import DeltaBaseError, apply_delta_to
+
+    active = slots.active()
+    if active is None:
+        raise _Fallback("no active model to apply a delta to")
+    patch = workdir / "patch"
+    with open(patch, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.writelines(open_plaintext(bundle, keys=keys, trusted_keys=trusted))
+    header = read_delta_header(patch)
+    if header.old_sha256 != active.sha256 or header.old_length != active.summary.length:
+        raise _Fallback("the delta is not based on the running model")
+    bases: list[Path | None] = []
+    if runtime_dir is not None:
+        exported = export_path(active, runtime_dir)
+        with contextlib.suppress(OSError):
+            if exported.stat().st_size == active.summary.length:
+                bases.append(exported)
+    bases.append(None)  # last resort: decrypt the active slot
+    for i, base in enumerate(bases):
+        if base is None:
+            base = slots.export_plaintext(active.name, workdir / "old")
+        with open(patch, "rb") as delta, slots.begin_write(candidate, slot=slot) as writer:
+            try:
+                apply_delta_to(base, delta, writer, expected_sha256=candidate.sha256,
+                               expected_length=candidate.length, spool_dir=workdir)
+            except DeltaBaseError:
+                if i == len(bases) - 1:
+                    raise
+                log.info("runtime export is not the active model; decrypting the slot instead")
+                continue
+            return writer.commit()
+    raise AssertionError("unreachable")
+
+
 # --- the agent ---------------------------------------------------------------------------------
 
 
@@ -356,6 +423,7 @@ class Agent:
         self._sealer: BundleSealer | None = None
         self._tuf: TufSession | None = None
         self._fetcher: DeviceFetcher | None = None
+        self._verified: dict[str, tuple[TufSession, Path, tuple[int, int], BundleInfo]] = {}
         self.last_error: str | None = None
         self.poll_interval = self.enrollment.poll_interval
 
@@ -676,15 +744,33 @@ class Agent:
         return True
 
     # VERIFYING --------------------------------------------------------------------------------
+    def _fetch_verified(self, name: str) -> tuple[Path, BundleInfo]:
+        """The TUF-verified local target ``name`` and its checked bundle signature.
+
+        Within one cycle (one TUF session) a file already verified by the VERIFYING step is not
+        hashed again by INSTALLING unless it changed (size/mtime); after a restart it is.
+        Decryption re-checks the signature and authenticates every chunk in any case.
+        """
+        tuf = self.tuf()
+        hit = self._verified.get(name)
+        if hit is not None and hit[0] is tuf:
+            _, path, stamp, info = hit
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                if (st.st_size, st.st_mtime_ns) == stamp:
+                    return path, info
+        path = tuf.fetch(tuf.target_info(name))
+        info = verify_bundle(path, self.anchors().public_keys())
+        st = path.stat()
+        self._verified[name] = (tuf, path, (st.st_size, st.st_mtime_ns), info)
+        return path, info
+
     def _verified_bundle(self, model: str, st: UpdateState, *, delta: bool
                          ) -> tuple[Path, BundleInfo, ModelSummary]:
         """Fetch (cached or resumed, TUF-verified) and verify the bundle; raise on any refusal."""
-        tuf = self.tuf()
         name = st.delta_target if delta else st.target
         assert name is not None
-        path = tuf.fetch(tuf.target_info(name))
-        anchors = self.anchors()
-        info = verify_bundle(path, anchors.public_keys())
+        path, info = self._fetch_verified(name)
         m = info.manifest
         if m.name != st.model or m.version != st.version:
             raise UpdateRefusedError(
@@ -746,21 +832,11 @@ class Agent:
         trusted = self.anchors().public_keys()
         if st.delta_target is not None:
             try:
-                path, _, summary = self._verified_bundle(model, st, delta=True)
+                path, _, _ = self._verified_bundle(model, st, delta=True)
                 with self._workdir() as work:
-                    old = slots.export_plaintext(None, work / "old")
-                    patch = work / "patch"
-                    with open(patch, "wb") as fh:
-                        os.fchmod(fh.fileno(), 0o600)
-                        fh.writelines(open_plaintext(path, keys=keys, trusted_keys=trusted))
-                    new = work / "new"
-                    from edgepkg.delta import apply_delta
-
-                    apply_delta(old, patch, new, expected_sha256=summary.sha256,
-                                expected_length=summary.length)
-                    with open(new, "rb") as src:
-                        slots.write(st.candidate, iter(lambda: src.read(1 << 20), b""),
-                                    slot=st.slot)
+                    install_delta(slots, st.slot, st.candidate, path, keys=keys,
+                                  trusted=trusted, workdir=work,
+                                  runtime_dir=self.config.runtime_dir)
             except (_Fallback, BundleError, DeltaError, TooLargeError, TufVerificationError,
                     SlotError) as exc:
                 if isinstance(exc, NotARecipientError):
@@ -773,8 +849,7 @@ class Agent:
                 return True
         else:
             path, _, _ = self._verified_bundle(model, st, delta=False)
-            slots.write(st.candidate, open_plaintext(path, keys=keys, trusted_keys=trusted),
-                        slot=st.slot)
+            install_full(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted)
         new_state = self._save(model, transition(st, Installed(), self.clock()))
         self._event("installed", new_state, slot=st.slot,
                     method="delta" if st.delta_target else "full")

@@ -531,7 +531,7 @@ class SlotStore:
         info = self._require(name)
         runtime_dir = Path(runtime_dir)
         runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        dest = runtime_dir / f"{info.model}{_EXT.get(info.format, '.bin')}"
+        dest = export_path(info, runtime_dir)
         with atomic_output(dest, 0o600) as fh:
             for chunk in self._stream(info):
                 fh.write(chunk)
@@ -597,6 +597,14 @@ class SlotStore:
         if self.info(target) is None:
             raise SlotError(f"cannot roll back: slot {target} holds no complete model")
         return self.switch_to(target)
+
+
+def export_path(info: SlotInfo, runtime_dir: Path) -> Path:
+    """Where :meth:`SlotStore.export_plaintext` puts ``info``'s model in ``runtime_dir``.
+
+    The file there may be stale or changed by others: check its SHA-256 before relying on it.
+    """
+    return Path(runtime_dir) / f"{info.model}{_EXT.get(info.format, '.bin')}"
 
 
 def _remove_tree(sub: Path) -> None:
