@@ -81,11 +81,6 @@ def test_slot_forged_with_only_the_device_public_key_is_refused(tmp_path: Path) 
         assert out.read_bytes() != evil
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SECURITY/robustness: unmet_requirements() ignores requirement keys it does not know "
-    "(fail-open). edgepkg.formats emits 'tflite_runtime' and 'onnx_opsets', and operators add "
-    "'--require key=value'; a device lacking them installs the model anyway. Fix: refuse "
-    "unknown keys (or an explicit allow-list of informational keys)."))
 def test_unknown_signed_requirement_is_not_silently_ignored() -> None:
     facts = {"platform": "linux-x86_64"}
     assert unmet_requirements({"tflite_runtime": "99.0.0"}, facts) != []
