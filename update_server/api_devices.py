@@ -236,15 +236,13 @@ def _sync_device_models(
         sha = active["sha256"] if active else None
         row = current.pop(name, None)
         if row is None:
+            # An upsert: two check-ins of a new device racing must not fail on the primary key.
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            fields = {"version": version, "sha256": sha, "active_slot": slot, "updated_at": now}
             conn.execute(
-                _device_models.insert().values(
-                    device_id=device.id,
-                    model=name,
-                    version=version,
-                    sha256=sha,
-                    active_slot=slot,
-                    updated_at=now,
-                )
+                insert(_device_models)
+                .values(device_id=device.id, model=name, **fields)
+                .on_conflict_do_update(index_elements=["device_id", "model"], set_=fields)
             )
         elif row != (version, sha, slot):
             conn.execute(

@@ -20,6 +20,8 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import and_, bindparam, case, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -627,8 +629,9 @@ def observe_health(session: Session, device: Device, now: dt.datetime) -> None:
     if new is None:
         return
     if row is None:
-        conn.execute(
-            _baselines.insert(),
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(  # a concurrent first check-in of the same device may have won: fine
+            insert(_baselines).on_conflict_do_nothing(index_elements=["device_id"]),
             {
                 "device_id": device.id,
                 "p95_ms": new.p95_ms,
