@@ -160,6 +160,22 @@ def test_untrusted_signer_is_refused(tmp_path, payload, signer, recipient):
     _assert_fails(bundle, tmp_path / "out.bin", recipient, other, errors.UnknownSignerError)
 
 
+def test_manifest_kept_apart_is_reverified(tmp_path, payload, signer, recipient):
+    from edgepkg.bundle import verify_signed_manifest
+
+    bundle = tmp_path / "m.edgepkg"
+    manifest = _write(payload, bundle, signer, [recipient])
+    info = verify_bundle(bundle, [signer.public_key()])
+    assert verify_signed_manifest(info.manifest_bytes, info.signature_block,
+                                  [signer.public_key()]) == manifest
+    forged = info.manifest_bytes.replace(b'"1.0.0"', b'"9.0.0"')
+    with pytest.raises(errors.BadSignatureError):
+        verify_signed_manifest(forged, info.signature_block, [signer.public_key()])
+    other = FileSigner(ed25519.Ed25519PrivateKey.generate(), "other")
+    with pytest.raises(errors.UnknownSignerError):
+        verify_signed_manifest(info.manifest_bytes, info.signature_block, [other.public_key()])
+
+
 def test_not_a_bundle(tmp_path, payload, signer, recipient):
     _assert_fails(payload, tmp_path / "out.bin", recipient, signer, errors.NotABundleError)
 

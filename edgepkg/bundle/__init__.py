@@ -17,6 +17,7 @@ from edgepkg.bundle._io import (
     read_bundle_info,
     unpack_bundle,
     verify_bundle,
+    verify_signed_manifest,
     write_bundle,
 )
 from edgepkg.bundle._manifest import Manifest, check_name, normalize_policy, parse_version
@@ -34,5 +35,6 @@ __all__ = [
     "read_bundle_info",
     "unpack_bundle",
     "verify_bundle",
+    "verify_signed_manifest",
     "write_bundle",
 ]

@@ -77,6 +77,7 @@ class BundleInfo:
     payload_offset: int
     payload_length: int
     size: int
+    signature_block: bytes = b""  # the raw signature section, kept so a manifest can be re-verified
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -196,6 +197,7 @@ def _info_from_header(header: Header, size: int) -> BundleInfo:
         payload_offset=header.payload_offset,
         payload_length=header.payload_length,
         size=size,
+        signature_block=header.signature.to_block(),
     )
 
 
@@ -219,6 +221,30 @@ def _verify_header(header: Header, trusted_keys: Sequence[PublicKey]) -> None:
             f"signature algorithm {sig.alg!r} does not match the trusted key's type"
         )
     verify_signature(key, sig.sig, header.manifest_bytes)
+
+
+def verify_signed_manifest(
+    manifest_bytes: bytes, signature_block: bytes, trusted_keys: Sequence[PublicKey]
+) -> Manifest:
+    """Re-verify a manifest kept apart from its bundle (e.g. beside an installed model).
+
+    Returns the parsed manifest when ``signature_block`` (``BundleInfo.signature_block``) is a
+    valid signature over ``manifest_bytes`` by one of ``trusted_keys``; raises otherwise.
+    """
+    signature = Signature.from_block(signature_block)
+    header = Header(
+        format_version=0,
+        payload_length=0,
+        manifest_bytes=manifest_bytes,
+        signature=signature,
+        wrapped_keys={},
+        payload_offset=0,
+    )
+    _verify_header(header, trusted_keys)
+    manifest = Manifest.from_json(manifest_bytes)
+    if manifest.signer != signature.keyid:
+        raise TamperedError("the signature block names a different signer than the manifest")
+    return manifest
 
 
 def verify_bundle(
