@@ -41,8 +41,8 @@ def _leftovers(workdir: Path) -> list[str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if str(workdir) in cmd and "pytest" not in cmd:
-            out.append(f"{pid}: {cmd[:120]}")
+        if str(workdir) in cmd:
+            out.append(f"{pid}: {cmd}")
     return out
 
 
@@ -102,7 +102,16 @@ def test_demo_interrupted_midway_stops_every_child_process(tmp_path: Path) -> No
     # wait until the fleet is running, then stop the demo as systemd or a user would
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline and proc.poll() is None:
-        if len([p for p in _leftovers(workdir) if "device_updater" in p and " run" in p]) >= 2:
+        if (
+            len(
+                [
+                    p
+                    for p in _leftovers(workdir)
+                    if "device_updater" in p and p.rstrip().endswith(" run")
+                ]
+            )
+            >= 2
+        ):
             break
         time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
