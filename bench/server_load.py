@@ -230,7 +230,7 @@ def run_backend(backend: str, args: argparse.Namespace, work: Path) -> dict[str,
                 "EDGEPKG_SERVER_DATABASE_URL": url,
                 "EDGEPKG_SERVER_REPO_DIR": str(repo),
                 "EDGEPKG_SERVER_SECRET_KEY": "bench-secret",
-                "EDGEPKG_SERVER_DB_POOL_SIZE": "2",
+                "EDGEPKG_SERVER_DB_POOL_SIZE": str(max(5, args.server_threads)),
                 "PROMETHEUS_MULTIPROC_DIR": str(Path(tempfile.mkdtemp(prefix="prom-", dir=work))),
             }
         )
