@@ -488,6 +488,7 @@ class Agent:
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> None:
         """Start-up recovery for every model (H6's rules), before anything else."""
+        _remove_stale_workdirs(self.config.runtime_dir)
         for model in self.layout.model_names():
             store = self.store(model)
             crashed = store.was_running()
@@ -1000,6 +1001,23 @@ def _check_version_str(version: str) -> None:
         parse_version(version)
     except EdgepkgError as exc:
         raise UpdateRefusedError(f"assigned version {version!r} is not a semantic version") from exc
+
+
+def _remove_stale_workdirs(runtime_dir: Path) -> None:
+    """Remove the scratch dirs (decrypted patch, base model: plaintext) that updater processes
+    killed mid-install left in the runtime dir (``.work-<pid>`` whose process is gone)."""
+    if not runtime_dir.is_dir():
+        return
+    for sub in runtime_dir.glob(".work-*"):
+        pid = sub.name.removeprefix(".work-")
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(sub, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass
 
 
 # --- status (read-only; no network, no token needed) ------------------------------------------

@@ -59,15 +59,22 @@ class ThrottledTargets:
 @dataclass(frozen=True)
 class Cut:
     """Where to cut the power: ``delay`` seconds after the ``nth`` log record saying state
-    ``phase`` was saved (``phase=None``: after the process started)."""
+    ``phase`` was saved, or, with ``message``, the ``nth`` record with that message (e.g.
+    ``"resuming download"``); neither: after the process started."""
 
     phase: str | None
     delay: float = 0.0
     nth: int = 1
+    message: str | None = None
 
     def label(self) -> str:
-        where = self.phase or "start"
+        where = self.message or self.phase or "start"
         return f"{where}+{self.delay:.3f}s" if self.delay else f"at {where}"
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        if self.message is not None:
+            return record.get("message") == self.message
+        return record.get("message") == "state" and record.get("phase") == self.phase
 
 
 @dataclass
@@ -127,7 +134,7 @@ def run_updater(config: Path, command: str = "check", *, cut: Cut | None = None,
     reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()),  # type: ignore[union-attr]
                               daemon=True)
     reader.start()
-    if cut is not None and cut.phase is None:
+    if cut is not None and cut.phase is None and cut.message is None:
         arm(cut.delay)
     records: list[dict[str, Any]] = []
     phase_times: list[tuple[str, float]] = []
@@ -145,10 +152,10 @@ def run_updater(config: Path, command: str = "check", *, cut: Cut | None = None,
         records.append(rec)
         if rec.get("message") == "state" and isinstance(rec.get("phase"), str):
             phase_times.append((rec["phase"], time.monotonic() - t0))
-            if cut is not None and cut.phase == rec["phase"] and not killed.is_set():
-                seen += 1
-                if seen == cut.nth:
-                    arm(cut.delay)
+        if cut is not None and cut.matches(rec) and not killed.is_set():
+            seen += 1
+            if seen == cut.nth:
+                arm(cut.delay)
     rc = proc.wait()
     watchdog.cancel()
     for t in timers:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -95,17 +96,22 @@ class World:
     genuine: dict[str, str]  # plaintext sha256 -> version
     device_id: str
     snapshots: dict[str, Path] = field(default_factory=dict)
-    kills: dict[str, int] = field(default_factory=dict)
+    # seconds from saving a phase to saving the next one, in an uninterrupted install:
+    # {"full": {...}, "delta": {...}} (measured while making the base snapshots)
+    durations: dict[str, dict[str, float]] = field(default_factory=dict)
 
     # -- server side ----------------------------------------------------------------------------
     def api(self, method: str, path: str, **kw: Any) -> requests.Response:
         return requests.request(method, self.server_url + path, timeout=30,
                                 headers={"Authorization": f"Bearer {self.operator}"}, **kw)
 
-    def rollout(self, version: str) -> str:
+    def stop_rollouts(self) -> None:
         for ro in self.api("GET", "/api/v1/rollouts").json()["rollouts"]:
             if ro["status"] in ("running", "paused"):
                 self.api("POST", f"/api/v1/rollouts/{ro['id']}/abort")
+
+    def rollout(self, version: str) -> str:
+        self.stop_rollouts()
         r = self.api("POST", "/api/v1/rollouts", json={
             "model": MODEL, "version": version, "stages": [{"percent": 100}],
             "min_devices": 1})
@@ -144,6 +150,33 @@ class World:
         HealthLog(Layout(self.state_dir).health).append(HealthReport(
             time=time.time() + 0.001, status="healthy" if ok else "failing", model=MODEL,
             version=version, inferences=10, message=None if ok else "NaN outputs"))
+
+    def interrupted_work(self) -> list[str]:
+        """What a cut left half-done on disk (the next start-up must clean up or resume it)."""
+        layout = Layout(self.state_dir)
+        found = []
+        if any(p.stat().st_size for p in layout.partial.glob("*.partial")):
+            found.append("partial download")
+        if list((layout.model_dir(MODEL) / "slots").glob("?/model.partial")):
+            found.append("partial slot write")
+        run = self.config.runtime_dir
+        if list(run.glob(".work-*")):
+            found.append("decrypt/delta work dir")
+        if list(run.glob(".export-*")):
+            found.append("validation export")
+        return found
+
+    def check_runtime_dir(self, after: str) -> None:
+        """Plaintext only where the inference app gets it: the runtime dir holds the active
+        model's export (if any) and nothing a killed updater left behind (scratch plaintext)."""
+        run = self.config.runtime_dir
+        left = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
+        assert set(left) <= {f"{MODEL}.onnx"}, f"{after}: leftovers in the runtime dir: {left}"
+        if left:
+            slots = self.slots()
+            active = b"".join(slots.open_plaintext(None))
+            assert (run / f"{MODEL}.onnx").read_bytes() == active, (
+                f"{after}: the exported model is not the active one")
 
     def check_invariant(self, after: str) -> tuple[UpdateState, str]:
         """The power-cut invariant; returns the persisted state and the active version."""
@@ -267,6 +300,7 @@ class Tally:
     outcomes: dict[str, int] = field(default_factory=dict)
     after_cut: dict[str, int] = field(default_factory=dict)  # persisted phase seen after a cut
     resumed_downloads: int = 0
+    caught: dict[str, int] = field(default_factory=dict)  # work found interrupted by a cut
     runs: int = 0
     seconds: float = 0.0
 
@@ -279,21 +313,24 @@ TALLY = Tally()
 
 
 def _converge(world: World, target: str, cuts: list[Cut], label: str, *, must_fire: bool,
-              max_runs: int = 9) -> tuple[UpdateState, str]:
+              max_runs: int = 9) -> tuple[UpdateState, str, list[Run]]:
     """Run ``check`` until ``target`` reaches an outcome, cutting the power per ``cuts`` (each
     cut is used by the next run until it fires); check the invariant after every run and play
     the inference app during a trial."""
     pending = list(cuts)
+    runs: list[Run] = []
     for i in range(max_runs):
         cut = pending[0] if pending else None
         run = run_updater(world.config_path, "check", cut=cut)
         TALLY.runs += 1
+        runs.append(run)
         TALLY.resumed_downloads += run.logged("resuming download")
         where = f"{label} run {i} ({cut.label() if cut else 'no cut'})"
         if run.killed:
             assert cut is not None
             pending.pop(0)
-            kind = "transition" if cut.delay == 0 else f"random in {cut.phase or 'start-up'}"
+            kind = ("transition" if cut.delay == 0 and cut.phase
+                    else f"random in {cut.message or cut.phase or 'start-up'}")
             TALLY.kills[kind] = TALLY.kills.get(kind, 0) + 1
         else:
             assert run.rc in (0, 1), f"{where}: rc {run.rc}\n{run.stderr_tail}"
@@ -301,6 +338,8 @@ def _converge(world: World, target: str, cuts: list[Cut], label: str, *, must_fi
         st, active = world.check_invariant(where)
         if run.killed:
             TALLY.after_cut[st.phase.value] = TALLY.after_cut.get(st.phase.value, 0) + 1
+            for what in world.interrupted_work():
+                TALLY.caught[what] = TALLY.caught.get(what, 0) + 1
             continue
         if st.phase is Phase.TRIAL and st.version == target:
             world.report_health(target, TRIAL_OK[target])
@@ -309,7 +348,7 @@ def _converge(world: World, target: str, cuts: list[Cut], label: str, *, must_fi
             if pending:  # the update ended before these cuts' moments came
                 assert not must_fire, f"{where}: cuts never fired: {pending}; state {st}"
                 TALLY.unfired += [f"{label}: {c.label()}" for c in pending]
-            return st, active
+            return st, active, runs
     raise AssertionError(f"{label}: no outcome after {max_runs} runs: {world.store().load()}")
 
 
@@ -355,8 +394,9 @@ def _scenario(world: World, base: str, target: str, cuts: list[Cut], label: str,
     world.restore(base)
     rollout_id = world.rollout(target)
     previous = "1.0.0" if base == "v1" else "2.0.0"
-    st, active = _converge(world, target, cuts, label, must_fire=must_fire)
+    st, active, _ = _converge(world, target, cuts, label, must_fire=must_fire)
     kind = _expect_outcome(world, target, st, active, previous, rollout_id, label)
+    world.check_runtime_dir(label)
     TALLY.outcomes[f"{target} {kind}"] = TALLY.outcomes.get(f"{target} {kind}", 0) + 1
     TALLY.seconds += time.monotonic() - t0
 
@@ -366,18 +406,25 @@ def bases(world: World) -> World:
     """Snapshots of the device state: ``v1`` (1.0.0 committed) and ``v2`` (2.0.0 committed,
     1.0.0 kept), each reached by uninterrupted ``check`` runs."""
     world.rollout("1.0.0")
-    st, active = _converge(world, "1.0.0", [], "base v1", must_fire=True)
+    st, active, runs = _converge(world, "1.0.0", [], "base v1", must_fire=True)
     assert st.phase is Phase.COMMITTED and active == "1.0.0", st
+    world.durations["full"] = _durations(runs[0])
     world.snapshot("v1")
     rollout_id = world.rollout("2.0.0")
-    st, active = _converge(world, "2.0.0", [], "base v2", must_fire=True)
+    st, active, runs = _converge(world, "2.0.0", [], "base v2", must_fire=True)
+    world.durations["delta"] = _durations(runs[0])
     assert _expect_outcome(world, "2.0.0", st, active, "1.0.0", rollout_id, "base v2") \
         == "committed"
     world.snapshot("v2")
     return world
 
 
-def T(phase: str) -> Cut:  # noqa: N802 - reads as a list of kill points
+def _durations(run: Run) -> dict[str, float]:
+    t = run.phase_times
+    return {p: t[i + 1][1] - s for i, (p, s) in enumerate(t[:-1])}
+
+
+def T(phase: str) -> Cut:
     """A cut right after ``phase`` is persisted (the action it names has not run yet)."""
     return Cut(phase)
 
@@ -410,29 +457,59 @@ def test_power_cut_at_every_persisted_transition_converges(bases: World, target:
 
 def test_power_cut_at_random_instants_in_download_install_and_validation(bases: World) -> None:
     rng = random.Random(20261122)
-    u = rng.uniform
-    dl = 1.4  # the throttled full download of 4.0.0 takes about this long
+    full, delta = bases.durations["full"], bases.durations["delta"]
+
+    def at(phase: str, lo: float, hi: float, kind: dict[str, float] = full) -> Cut:
+        """A cut at a random fraction in [lo, hi) of ``phase``'s uninterrupted duration."""
+        return Cut(phase, max(0.001, rng.uniform(lo, hi) * kind[phase]))
+
+    def resumed(lo: float, hi: float) -> Cut:  # while a start-up continues a partial download
+        return Cut(None, max(0.001, rng.uniform(lo, hi) * full["downloading"] / 3),
+                   message="resuming download")
+
     plans: list[tuple[str, str, list[Cut]]] = [
-        # mid-download twice (the next start resumes with HTTP Range), then mid decrypt/write
-        ("v2", "4.0.0", [Cut("downloading", u(0.2, dl)), Cut("downloading", u(0.1, dl / 2)),
-                         Cut("installing", u(0.0, 0.08))]),
-        ("v2", "4.0.0", [Cut("downloading", u(0.2, dl)), Cut("installing", u(0.0, 0.08)),
-                         Cut("validating", u(0.0, 1.5))]),
-        # delta apply + slot write of 2.0.0, and the start-up / recovery of the next process
-        ("v1", "2.0.0", [Cut("installing", u(0.0, 0.1)), Cut(None, u(0.5, 2.0)),
-                         Cut("switching", u(0.0, 0.05))]),
-        ("v2", "3.0.0", [Cut("verifying", u(0.0, 0.05)), Cut("validating", u(0.0, 1.5)),
-                         Cut(None, u(0.5, 2.0))]),
+        # 4.0.0 is a full (throttled) download: cut it mid-transfer, cut the resumed transfer
+        # (HTTP Range) again, then cut the decrypt + slot write / the holdout validation
+        ("v2", "4.0.0", [at("downloading", 0.15, 0.6), resumed(0.1, 0.9),
+                         at("installing", 0.2, 1.0)]),
+        ("v2", "4.0.0", [at("downloading", 0.15, 0.6), resumed(0.1, 0.9),
+                         at("validating", 0.05, 0.8)]),
+        ("v2", "4.0.0", [at("downloading", 0.4, 0.95), at("installing", 0.2, 1.0),
+                         Cut(None, rng.uniform(0.3, 1.5))]),
+        # 2.0.0 is a delta: cut the patch decrypt / rebuild / slot write, then the start-up
+        # and recovery of the next process, then the switch
+        ("v1", "2.0.0", [at("installing", 0.2, 1.0, delta), Cut(None, rng.uniform(0.3, 1.5)),
+                         at("switching", 0.0, 0.8, delta)]),
+        ("v2", "3.0.0", [at("verifying", 0.0, 0.8, delta), at("validating", 0.05, 0.8, delta),
+                         Cut(None, rng.uniform(0.3, 1.5))]),
     ]
     for n, (base, target, cuts) in enumerate(plans):
         _scenario(bases, base, target, cuts, f"random {target} #{n}", must_fire=False)
-    assert TALLY.resumed_downloads >= 1, "no interrupted download was resumed"
+    assert TALLY.resumed_downloads >= 2, "interrupted downloads were not resumed"
+
+
+def test_start_up_removes_plaintext_scratch_left_by_a_killed_updater(bases: World) -> None:
+    world = bases
+    world.restore("v2")
+    world.stop_rollouts()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    scratch = world.config.runtime_dir / f".work-{dead.pid}"
+    scratch.mkdir(parents=True)
+    (scratch / "old").write_bytes(world.models["2.0.0"])  # what a cut mid-delta leaves
+    run = run_updater(world.config_path, "check")
+    assert run.rc in (0, 1), run.stderr_tail
+    assert not scratch.exists()
+    world.check_invariant("after removing scratch")
+    world.check_runtime_dir("after removing scratch")
 
 
 def test_campaign_summary(bases: World) -> None:
     print(f"\npower-cut campaign: {TALLY.total} kill points tried {TALLY.kills}; "
           f"not reached: {len(TALLY.unfired)} {TALLY.unfired}; phase after the cut: "
           f"{TALLY.after_cut}; outcomes: {TALLY.outcomes}; resumed downloads: "
-          f"{TALLY.resumed_downloads}; {TALLY.runs} updater runs in {TALLY.seconds:.0f}s")
+          f"{TALLY.resumed_downloads}; interrupted work found after cuts: {TALLY.caught}; "
+          f"{TALLY.runs} updater runs in {TALLY.seconds:.0f}s; phase durations: "
+          f"{ {k: {p: round(v, 3) for p, v in d.items()} for k, d in bases.durations.items()} }")
     if TALLY.runs:  # (this test alone runs no campaign)
         assert TALLY.total >= 25
