@@ -426,8 +426,22 @@ def _flush_pending(session: Session) -> None:
         session.flush()
 
 
-_SELECT_RUNNING = select(_rollouts.c.id, _rollouts.c.selector).where(
-    _rollouts.c.status == eng.RUNNING
+_rollout_devices = RolloutDevice.__table__
+_SELECT_RUNNING = (
+    select(_rollouts)
+    .where(_rollouts.c.status == eng.RUNNING)
+    .order_by(_rollouts.c.created_at.desc())
+)
+_SELECT_DEVICE_ROLLOUTS = select(_rollout_devices.c.rollout_id, _rollout_devices.c.result).where(
+    _rollout_devices.c.device_id == bindparam("device_id")
+)
+_UPDATE_ROLLOUT_DEVICE = (
+    _rollout_devices.update()
+    .where(
+        _rollout_devices.c.rollout_id == bindparam("_rid"),
+        _rollout_devices.c.device_id == bindparam("_did"),
+    )
+    .values(result=bindparam("result"), finished_at=bindparam("finished_at"))
 )
 
 
@@ -444,52 +458,42 @@ def assignments_for_device(
     observe_health(session, device, now)
     _flush_pending(session)
     tags = tuple(device.tags or ())
-    # Cheap pre-check on every check-in: which running rollouts select this device at all?
-    # (ids + selectors only; the ORM rows are loaded only when one does.)
-    wanted = [
-        rid
-        for rid, selector in session.connection().execute(_SELECT_RUNNING)
-        if eng.Selector(frozenset((selector or {}).get("tags", []))).matches(tags)
-    ]
-    if not wanted:
-        return []
-    running = list(
-        session.scalars(
-            select(Rollout)
-            .where(Rollout.status == eng.RUNNING, Rollout.id.in_(wanted))
-            .order_by(Rollout.created_at.desc())
-        )
-    )
+    conn = session.connection()
+    # Core rows (attribute access like the ORM object; spec_of/state_of accept them): a running
+    # rollout is read on every check-in of every device it selects. The ORM object is loaded
+    # only when the rollout is due for a (throttled) re-evaluation.
     running = [
-        r for r in running if eng.Selector(frozenset(r.selector.get("tags", []))).matches(tags)
+        r
+        for r in conn.execute(_SELECT_RUNNING)
+        if eng.Selector(frozenset((r.selector or {}).get("tags", []))).matches(tags)
     ]
     if not running:
         return []
     versions = device.active_versions()
-    mine = {
+    mine: dict[str, Any] = {
         row.rollout_id: row
-        for row in session.scalars(
-            select(RolloutDevice).where(
-                RolloutDevice.device_id == device.id,
-                RolloutDevice.rollout_id.in_([r.id for r in running]),
-            )
-        )
+        for row in conn.execute(_SELECT_DEVICE_ROLLOUTS, {"device_id": device.id})
     }
     out: list[dict[str, Any]] = []
     seen_models: set[str] = set()
     for r in running:
         if r.model in seen_models:
             continue
-        spec, state = spec_of(r), state_of(r)
+        spec, state = spec_of(r), state_of(r)  # type: ignore[arg-type]
         if not spec.selector.matches(tags):
             continue
         seen_models.add(r.model)
         current = versions.get(r.model)
         row = mine.get(r.id)
-        if row is not None and row.result == eng.PENDING and current == r.version:
+        result = row.result if row is not None else None
+        if row is not None and result == eng.PENDING and current == r.version:
             # the device runs the version: success even if its committed event got lost
-            row.result, row.finished_at = eng.SUCCEEDED, now
-        view = eng.DeviceView(device.id, tags, current, device.enabled, row.result if row else None)
+            result = eng.SUCCEEDED
+            conn.execute(
+                _UPDATE_ROLLOUT_DEVICE,
+                {"_rid": r.id, "_did": device.id, "result": result, "finished_at": now},
+            )
+        view = eng.DeviceView(device.id, tags, current, device.enabled, result)
         a = eng.assignment_for(spec, state, view)
         if (
             _due(r.id, now)
@@ -499,23 +503,29 @@ def assignments_for_device(
                 >= spec.stages[r.stage_index].min_soak_seconds
             )
         ):
-            evaluate_rollout(session, r, now)
+            orm_rollout = session.get(Rollout, r.id)
+            if orm_rollout is not None:
+                evaluate_rollout(session, orm_rollout, now)
         if a is None:
             continue
         full = full_target(releases, a.model, a.version)
         if full is None:
             continue  # revoked or not (yet) in the TUF targets: never assign it
         if row is None:
-            row = RolloutDevice(
-                rollout_id=r.id,
-                device_id=device.id,
-                stage_index=a.stage_index,
-                result=eng.PENDING,
-                from_version=current,
-                assigned_at=now,
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(  # a racing check-in of the same device may have inserted it: fine
+                insert(_rollout_devices).on_conflict_do_nothing(
+                    index_elements=["rollout_id", "device_id"]
+                ),
+                {
+                    "rollout_id": r.id,
+                    "device_id": device.id,
+                    "stage_index": a.stage_index,
+                    "result": eng.PENDING,
+                    "from_version": current,
+                    "assigned_at": now,
+                },
             )
-            session.add(row)
-            mine[r.id] = row
         delta = delta_target(releases, a.model, a.version, current)
         out.append(
             {
