@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -217,8 +217,8 @@ def checkin(device_id: str) -> ResponseReturnValue:
     return jsonify(poll_interval=cfg.poll_interval, assignments=assignments)
 
 
-_devices = Device.__table__
-_device_models = DeviceModel.__table__
+_devices = cast(Table, Device.__table__)
+_device_models = cast(Table, DeviceModel.__table__)
 # SET columns come from the parameter names given at execution.
 _UPDATE_DEVICE = _devices.update().where(_devices.c.id == bindparam("_id"))
 

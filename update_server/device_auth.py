@@ -22,10 +22,10 @@ import random
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from flask import Request
-from sqlalchemy import Connection, bindparam, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -100,9 +100,9 @@ class DeviceRecord:
         return {name: m[0] for name, m in self.models.items() if m[0] is not None}
 
 
-_devices = Device.__table__
-_device_models = DeviceModel.__table__
-_nonces = Nonce.__table__
+_devices = cast(Table, Device.__table__)
+_device_models = cast(Table, DeviceModel.__table__)
+_nonces = cast(Table, Nonce.__table__)
 
 _SELECT_DEVICE = (
     select(

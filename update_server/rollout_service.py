@@ -16,10 +16,10 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask
-from sqlalchemy import and_, bindparam, case, func, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -416,7 +416,7 @@ def _due(rollout_id: str, now: dt.datetime) -> bool:
 # --- the calls the device endpoints make -----------------------------------------------------
 
 
-_rollouts = Rollout.__table__
+_rollouts = cast(Table, Rollout.__table__)
 
 
 def _flush_pending(session: Session) -> None:
@@ -426,7 +426,7 @@ def _flush_pending(session: Session) -> None:
         session.flush()
 
 
-_rollout_devices = RolloutDevice.__table__
+_rollout_devices = cast(Table, RolloutDevice.__table__)
 _SELECT_RUNNING = (
     select(_rollouts)
     .where(_rollouts.c.status == eng.RUNNING)
@@ -614,7 +614,7 @@ def rollout_status(session: Session, device: Device | str, rollout_id: str | Non
 # --- health and alerts -----------------------------------------------------------------------
 
 
-_baselines = DeviceLatencyBaseline.__table__
+_baselines = cast(Table, DeviceLatencyBaseline.__table__)
 _SELECT_BASELINE = select(
     _baselines.c.p95_ms, _baselines.c.samples, _baselines.c.last_p95_ms
 ).where(_baselines.c.device_id == bindparam("device_id"))
