@@ -236,7 +236,8 @@ def _cmd_current_model(args: argparse.Namespace, config: Config) -> int:
     agent_keystore = make_keystore(config)
     model = _model(config, args.model)
     slots = SlotStore(Layout(config.state_dir).model_dir(model) / "slots",
-                      sealer=BundleSealer(agent_keystore.recipient_key()))
+                      sealer=BundleSealer(agent_keystore.recipient_key()),
+                      trusted_keys=lambda: agent_keystore.trust_anchors().public_keys())
     if args.stream:
         out = sys.stdout.buffer
         for chunk in slots.open_plaintext(None):

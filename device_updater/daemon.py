@@ -56,6 +56,7 @@ from device_updater.keystore import Keystore, TrustAnchors, device_id, device_pu
 from device_updater.slots import (
     BundleSealer,
     ModelSummary,
+    ReleaseEvidence,
     SlotInfo,
     SlotStore,
     export_path,
@@ -92,7 +93,7 @@ from device_updater.tuf_client import (
     load_anchored_root,
 )
 from edgepkg._atomic import atomic_write_bytes
-from edgepkg.bundle import BundleInfo, open_plaintext, parse_version, verify_bundle
+from edgepkg.bundle import BundleInfo, BundleReader, parse_version, verify_bundle
 from edgepkg.errors import (
     BundleError,
     DeltaError,
@@ -315,8 +316,13 @@ def install_full(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: P
                  keys: list[Any], trusted: list[Any]) -> SlotInfo:
     """Decrypt a verified full bundle straight into ``slot``: one pass (decrypt, zstd, SHA-256
     and at-rest sealing as chunks stream), checked against the signed ``candidate`` on commit."""
-    return slots.write(candidate, open_plaintext(bundle, keys=keys, trusted_keys=trusted),
-                       slot=slot)
+    reader = BundleReader(bundle, keys=keys, trusted_keys=trusted)
+    return slots.write(candidate, reader.chunks(), slot=slot, release=_evidence(reader.info))
+
+
+def _evidence(info: BundleInfo) -> ReleaseEvidence:
+    """What the slot keeps to re-verify, at every later read, that a release key signed it."""
+    return ReleaseEvidence(info.manifest_bytes, info.signature_block)
 
 
 def install_delta(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: Path, *,
@@ -339,9 +345,10 @@ def install_delta(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: 
     if active is None:
         raise _Fallback("no active model to apply a delta to")
     patch = workdir / "patch"
+    reader = BundleReader(bundle, keys=keys, trusted_keys=trusted)
     with open(patch, "wb") as fh:
         os.fchmod(fh.fileno(), 0o600)
-        fh.writelines(open_plaintext(bundle, keys=keys, trusted_keys=trusted))
+        fh.writelines(reader.chunks())
     header = read_delta_header(patch)
     if header.old_sha256 != active.sha256 or header.old_length != active.summary.length:
         raise _Fallback("the delta is not based on the running model")
@@ -355,7 +362,8 @@ def install_delta(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: 
     for i, base in enumerate(bases):
         if base is None:
             base = slots.export_plaintext(active.name, workdir / "old")
-        with open(patch, "rb") as delta, slots.begin_write(candidate, slot=slot) as writer:
+        with open(patch, "rb") as delta, slots.begin_write(
+                candidate, slot=slot, release=_evidence(reader.info)) as writer:
             try:
                 apply_delta_to(base, delta, writer, expected_sha256=candidate.sha256,
                                expected_length=candidate.length, spool_dir=workdir)
@@ -431,7 +439,8 @@ class Agent:
     def slots(self, model: str) -> SlotStore:
         if self._sealer is None:
             self._sealer = BundleSealer(self.keystore.recipient_key())
-        return SlotStore(self.layout.model_dir(model) / "slots", sealer=self._sealer)
+        return SlotStore(self.layout.model_dir(model) / "slots", sealer=self._sealer,
+                         trusted_keys=lambda: self.anchors().public_keys())
 
     def store(self, model: str) -> StateStore:
         return StateStore(self.layout.model_dir(model) / "state.json")
@@ -891,8 +900,18 @@ class Agent:
         return True
 
     def _export_active(self, model: str) -> None:
+        # Exported in a private ``.work-<pid>-export`` dir, then renamed into place: a process
+        # killed mid-export leaves no plaintext temp file beside the app's model, only a dir
+        # that the next start-up removes (_remove_stale_workdirs).
+        runtime = self.config.runtime_dir
+        scratch = runtime / f".work-{os.getpid()}-export"
         with contextlib.suppress(Error, OSError):
-            self.slots(model).export_plaintext(None, self.config.runtime_dir)
+            runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                tmp = self.slots(model).export_plaintext(None, scratch)
+                os.replace(tmp, runtime / tmp.name)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     # TRIAL ------------------------------------------------------------------------------------
     def _step_trial(self, model: str, st: UpdateState) -> bool:
@@ -1004,12 +1023,13 @@ def _check_version_str(version: str) -> None:
 
 
 def _remove_stale_workdirs(runtime_dir: Path) -> None:
-    """Remove the scratch dirs (decrypted patch, base model: plaintext) that updater processes
-    killed mid-install left in the runtime dir (``.work-<pid>`` whose process is gone)."""
+    """Remove the scratch dirs (decrypted patch, base model, half-written export: plaintext) that
+    updater processes killed mid-way left in the runtime dir (``.work-<pid>[-export]`` whose
+    process is gone)."""
     if not runtime_dir.is_dir():
         return
     for sub in runtime_dir.glob(".work-*"):
-        pid = sub.name.removeprefix(".work-")
+        pid = sub.name.removeprefix(".work-").split("-")[0]  # .work-<pid>[-export]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:

@@ -31,18 +31,18 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, Protocol, Self
 
-import edgepkg.keys  # noqa: F401 - load keys before crypto (avoids an import cycle there)
 from device_updater._fsutil import (
     atomic_write_bytes,
     atomic_write_json,
@@ -62,6 +62,7 @@ from device_updater.errors import (
 )
 from edgepkg import crypto
 from edgepkg._atomic import atomic_output
+from edgepkg.bundle import verify_signed_manifest
 from edgepkg.errors import Error as EdgepkgError
 from edgepkg.keys._types import RecipientKey
 
@@ -362,17 +363,57 @@ class SlotsView:
         return name is not None and name in self.slots and self.slots[name].complete
 
 
+log = logging.getLogger("edge_updater.slots")
+
+
+@dataclass(frozen=True)
+class ReleaseEvidence:
+    """The release-signed manifest (and its signature block) a slot's model came from.
+
+    Kept beside the sealed model and re-verified against the token-held release keys every time
+    the slot is read, so a slot forged by someone who can write the state directory (and knows
+    the device's *public* key, enough to seal) is never activated or served.
+    """
+
+    manifest: bytes
+    signature_block: bytes
+
+    def to_meta(self) -> dict[str, str]:
+        return {"manifest": base64.b64encode(self.manifest).decode(),
+                "signature": base64.b64encode(self.signature_block).decode()}
+
+    @classmethod
+    def from_meta(cls, data: object) -> ReleaseEvidence:
+        if not isinstance(data, Mapping):
+            raise UntrustedDeviceInputError("slot has no release-signed manifest")
+        try:
+            return cls(base64.b64decode(data["manifest"], validate=True),
+                       base64.b64decode(data["signature"], validate=True))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UntrustedDeviceInputError(f"slot release evidence is malformed: {exc}") from None
+
+
+TrustedKeys = Callable[[], Sequence[Any]]
+
+
 class SlotStore:
     """Two model slots ``a``/``b`` under ``root`` and the pointer naming the active one.
 
     ``sealer`` encrypts slot content at rest (:class:`BundleSealer` in production).
+    ``trusted_keys`` returns the token-held release public keys: when given (the daemon always
+    gives it), every write must carry the release-signed manifest and every read re-verifies it,
+    taking the model's identity, SHA-256 and policy from that manifest, not from ``meta.json``.
+    Without it (tools and unit tests) slots are trusted as written.
     All mutating operations take an exclusive lock (``root/.lock``) so the daemon and the CLI
     do not interleave; the kernel releases it if a process dies.
     """
 
-    def __init__(self, root: Path, *, sealer: Sealer) -> None:
+    def __init__(self, root: Path, *, sealer: Sealer, trusted_keys: TrustedKeys | None = None
+                 ) -> None:
         self.root = Path(root)
         self.sealer = sealer
+        self._trusted_keys = trusted_keys
+        self._trusted_cache: list[Any] | None = None
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for n in SLOT_NAMES:
             (self.root / n).mkdir(exist_ok=True, mode=0o700)
@@ -431,6 +472,11 @@ class SlotStore:
             if meta.get("schema") != _META_SCHEMA or meta.get("complete") is not True:
                 return None
             summary = ModelSummary.from_mapping(meta["summary"])
+            if self._trusted_keys is not None:
+                attested = self._attested(name, summary, meta.get("release"))
+                if attested is None:
+                    return None
+                summary = attested
             sealed_length = meta["sealed_length"]
             if not isinstance(sealed_length, int) or sealed_length < 0:
                 return None
@@ -440,6 +486,30 @@ class SlotStore:
                             written_at=float(meta.get("written_at", 0.0)))
         except (ValueError, KeyError, TypeError, OSError, UntrustedDeviceInputError):
             return None
+
+    @property
+    def requires_release_evidence(self) -> bool:
+        return self._trusted_keys is not None
+
+    def _attested(self, name: str, summary: ModelSummary, release: object
+                  ) -> ModelSummary | None:
+        """The summary from the slot's release-signed manifest, or None (logged) if it does not
+        verify with the trusted release keys or does not describe the sealed model."""
+        try:
+            evidence = ReleaseEvidence.from_meta(release)
+            if self._trusted_cache is None:
+                assert self._trusted_keys is not None
+                self._trusted_cache = list(self._trusted_keys())
+            manifest = verify_signed_manifest(evidence.manifest, evidence.signature_block,
+                                              self._trusted_cache)
+            signed = ModelSummary.from_mapping(manifest.summary())
+        except EdgepkgError as exc:
+            log.warning("slot %s is not trusted: %s", name, exc)
+            return None
+        if signed.binding() != summary.binding():
+            log.warning("slot %s: meta.json does not match its release-signed manifest", name)
+            return None
+        return signed
 
     def active(self) -> SlotInfo | None:
         """The active slot's info, or ``None`` when no (complete) slot is active."""
@@ -551,7 +621,8 @@ class SlotStore:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def begin_write(self, summary: ModelSummary, *, slot: str | None = None) -> SlotWriter:
+    def begin_write(self, summary: ModelSummary, *, slot: str | None = None,
+                    release: ReleaseEvidence | None = None) -> SlotWriter:
         """Start writing ``summary``'s model into the inactive slot (or ``slot``, never the active).
 
         The slot is marked incomplete *before* any byte is written. Use as a context manager:
@@ -561,14 +632,25 @@ class SlotStore:
         other_slot(target)
         if target == self.active_name():
             raise SlotError(f"slot {target} is active; an install writes only the inactive slot")
+        if self._trusted_keys is not None:
+            if release is None:
+                raise SlotError("an install must carry the release-signed manifest of the model")
+            try:
+                signed = ModelSummary.from_mapping(verify_signed_manifest(
+                    release.manifest, release.signature_block, list(self._trusted_keys())
+                ).summary())
+            except EdgepkgError as exc:
+                raise SlotIntegrityError(f"release manifest does not verify: {exc}") from exc
+            if signed.binding() != summary.binding():
+                raise SlotIntegrityError("the model to install is not the one its manifest signs")
         with self._lock():
             remove_durably(self._meta(target), self._sealed(target))
-        return SlotWriter(self, target, summary)  # type: ignore[arg-type]
+        return SlotWriter(self, target, summary, release)  # type: ignore[arg-type]
 
     def write(self, summary: ModelSummary, chunks: Iterable[bytes], *,
-              slot: str | None = None) -> SlotInfo:
+              slot: str | None = None, release: ReleaseEvidence | None = None) -> SlotInfo:
         """Write a whole model from plaintext ``chunks`` into the inactive slot and commit it."""
-        with self.begin_write(summary, slot=slot) as writer:
+        with self.begin_write(summary, slot=slot, release=release) as writer:
             for chunk in chunks:
                 writer.write(chunk)
             return writer.commit()
@@ -639,10 +721,12 @@ def _remove_stale_exports(runtime_dir: Path) -> None:
 class SlotWriter:
     """Streams one model into a slot; see :meth:`SlotStore.begin_write`."""
 
-    def __init__(self, store: SlotStore, name: SlotName, summary: ModelSummary) -> None:
+    def __init__(self, store: SlotStore, name: SlotName, summary: ModelSummary,
+                 release: ReleaseEvidence | None = None) -> None:
         self.store = store
         self.name = name
         self.summary = summary
+        self.release = release
         self._hash = hashlib.sha256()
         self._length = 0
         self._done = False
@@ -694,10 +778,13 @@ class SlotWriter:
         with store._lock():
             os.replace(store._partial(n), store._sealed(n))
             fsync_dir(store.root / n)
-            atomic_write_json(store._meta(n), {
+            meta: dict[str, Any] = {
                 "schema": _META_SCHEMA, "complete": True, "summary": self.summary.to_dict(),
                 "sealed_length": sealed_length, "written_at": written_at,
-            })
+            }
+            if self.release is not None:
+                meta["release"] = self.release.to_meta()
+            atomic_write_json(store._meta(n), meta)
         return SlotInfo(name=n, summary=self.summary, sealed_length=sealed_length,
                         written_at=written_at)
 

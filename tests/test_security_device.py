@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from device_updater.errors import SlotError
 from device_updater.facts import unmet_requirements
-from device_updater.slots import BundleSealer, ModelSummary, SlotStore
+from device_updater.slots import BundleSealer, ModelSummary, ReleaseEvidence, SlotStore
+from edgepkg.bundle import read_bundle_info, write_bundle
 from edgepkg.crypto import public_key_id
-from edgepkg.keys._software import FileRecipientKey
+from edgepkg.keys._software import FileRecipientKey, FileSigner
 
 
 class _PublicOnlyKey:
@@ -55,17 +56,28 @@ def test_slot_meta_edit_of_a_genuine_slot_is_refused(tmp_path: Path) -> None:
         store.switch_to("a")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SECURITY: slots are sealed to the device's PUBLIC key (HPKE) and meta.json carries no "
-    "signature or token-held MAC, so anyone who can write the state dir can forge a complete "
-    "slot holding an unsigned model; switch_to/export_plaintext accept it. Fix: keep the signed "
-    "bundle manifest + signature block in the slot and re-verify it against the token-held "
-    "release keys (and summary == manifest) in info()/switch_to()/export, or MAC meta+header "
-    "with a key that only the token can use."))
+def _release(tmp_path: Path, key: FileRecipientKey, signer: FileSigner, version: str,
+             data: bytes) -> tuple[ModelSummary, ReleaseEvidence]:
+    """A genuinely released model: a bundle signed by the release key, as the daemon installs."""
+    payload = tmp_path / f"model-{version}.bin"
+    payload.write_bytes(data)
+    bundle = tmp_path / f"model-{version}.edgepkg"
+    write_bundle(payload, bundle, manifest_fields={"name": "det", "version": version,
+                                                   "format": "onnx"},
+                 signer=signer, recipients=[key.public_key()])
+    info = read_bundle_info(bundle)
+    return (ModelSummary.from_mapping(info.manifest.summary()),
+            ReleaseEvidence(info.manifest_bytes, info.signature_block))
+
+
 def test_slot_forged_with_only_the_device_public_key_is_refused(tmp_path: Path) -> None:
-    key, store = _device(tmp_path)
+    key = FileRecipientKey(ec.generate_private_key(ec.SECP256R1()), "test device key")
+    release_key = FileSigner(ed25519.Ed25519PrivateKey.generate(), "test release key")
+    store = SlotStore(tmp_path / "slots", sealer=BundleSealer(key, chunk_size=4096),
+                      trusted_keys=lambda: [release_key.public_key()])
     good = b"genuine model v1" * 100
-    store.write(_summary("1.0.0", good), [good], slot="a")
+    summary, evidence = _release(tmp_path, key, release_key, "1.0.0", good)
+    store.write(summary, [good], slot="a", release=evidence)
     store.switch_to("a")
 
     # attacker: no token, only the public key, writes slot b with a model nobody signed
@@ -73,12 +85,43 @@ def test_slot_forged_with_only_the_device_public_key_is_refused(tmp_path: Path) 
     attacker = SlotStore(tmp_path / "slots",
                          sealer=BundleSealer(_PublicOnlyKey(key.public_key()), chunk_size=4096))
     attacker.write(_summary("2.0.0", evil), [evil], slot="b")
-
-    # device (real key) later switches (recovery / manual rollback / pointer flip) and exports
     with pytest.raises(SlotError):
         store.switch_to("b")
-        out = store.export_plaintext("b", tmp_path / "run")
-        assert out.read_bytes() != evil
+    with pytest.raises(SlotError):
+        store.export_plaintext("b", tmp_path / "run")
+
+    # ... nor by re-using the genuine v1 evidence with a different model under the v1 label
+    meta = json.loads((tmp_path / "slots" / "b" / "meta.json").read_bytes())
+    meta["release"] = evidence.to_meta()
+    (tmp_path / "slots" / "b" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SlotError):
+        store.switch_to("b")
+    # ... nor with a release signed by a key the device does not trust
+    rogue = FileSigner(ed25519.Ed25519PrivateKey.generate(), "rogue key")
+    _, rogue_evidence = _release(tmp_path, key, rogue, "2.0.0", evil)
+    meta["release"] = rogue_evidence.to_meta()
+    meta["summary"] = _summary("2.0.0", evil).to_dict()
+    (tmp_path / "slots" / "b" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SlotError):
+        store.switch_to("b")
+    assert store.active_name() == "a"
+    assert b"".join(store.open_plaintext()) == good
+
+
+def test_install_without_release_evidence_is_refused(tmp_path: Path) -> None:
+    key = FileRecipientKey(ec.generate_private_key(ec.SECP256R1()), "test device key")
+    release_key = FileSigner(ed25519.Ed25519PrivateKey.generate(), "test release key")
+    store = SlotStore(tmp_path / "slots", sealer=BundleSealer(key, chunk_size=4096),
+                      trusted_keys=lambda: [release_key.public_key()])
+    data = b"model" * 10
+    with pytest.raises(SlotError):
+        store.write(_summary("1.0.0", data), [data], slot="a")
+    summary, evidence = _release(tmp_path, key, release_key, "1.0.0", data)
+    other = _summary("1.0.0", b"other bytes")
+    with pytest.raises(SlotError):
+        store.write(other, [b"other bytes"], slot="a", release=evidence)
+    store.write(summary, [data], slot="a", release=evidence)
+    assert store.info("a") is not None
 
 
 def test_unknown_signed_requirement_is_not_silently_ignored() -> None:
