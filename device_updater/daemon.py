@@ -629,6 +629,24 @@ class Agent:
             raise UpdateRefusedError(
                 f"downgrade from {running} to {new} refused: the assignment does not allow it")
 
+    def _check_signed_downgrade(self, model: str, new: str, active: SlotInfo) -> None:
+        """A lower version needs more than the server's word (its reply is not signed): it must
+        be the version still kept in the other slot (an operator rollback to the previous
+        release), or the running version must be gone from the signed TUF targets (revoked)."""
+        if parse_version(new) >= parse_version(active.version):
+            return
+        previous = self.slots(model).info(other_slot(active.name))
+        if previous is not None and previous.version == new:
+            return
+        running = f"models/{model}/{active.version}/{model}-{active.version}.edgepkg"
+        try:
+            self.tuf().target_info(running)
+        except TargetNotFoundError:
+            return  # the running release was withdrawn in signed metadata
+        raise UpdateRefusedError(
+            f"downgrade from {active.version} to {new} refused: {new} is not the previous "
+            f"version kept on this device and {active.version} is still a signed release")
+
     def _reject(self, model: str, st: UpdateState, reason: str) -> UpdateState:
         slots = self.slots(model)
         new = self._save(model, transition(st, Reject(reason, active=slots.active_name()),
@@ -797,6 +815,7 @@ class Agent:
             raise UpdateRefusedError("the full release target holds a delta bundle")
         if active is not None:
             self._refuse_downgrade(m.version, active.version, st.allow_downgrade)
+            self._check_signed_downgrade(model, m.version, active)
         unmet = unmet_requirements(m.requirements, self.facts)
         if unmet:
             raise UpdateRefusedError("requirements not met: " + "; ".join(unmet))

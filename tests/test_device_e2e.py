@@ -307,3 +307,25 @@ def test_poll_with_nothing_new_is_one_small_request(world: World) -> None:
     assert agent.client.requests_made - before == 1  # check-in only: no TUF traffic
     assert agent._fetcher is None or agent._fetcher.requests_made == 0
     assert body < 4096
+
+
+def test_server_allowed_downgrade_needs_a_signed_reason(world: World) -> None:
+    """allow_downgrade comes from the (unsigned) server reply: alone it is not enough. The
+    older version must still be kept in the other slot, or the running release must have been
+    withdrawn from the signed TUF targets."""
+    from device_updater.http import Assignment
+
+    agent = world.agent()
+    slots = {s["version"] for s in status(world.config)["models"][MODEL]["slots"].values() if s}
+    assert "1.0.0" not in slots  # v3/v4/v5 attempts replaced v1 in the inactive slot
+    target = f"models/{MODEL}/1.0.0/{MODEL}-1.0.0.edgepkg"
+    agent._handle_assignment(Assignment(MODEL, "1.0.0", target, None, None, True))
+    st = agent.store(MODEL).load()
+    assert st.phase is Phase.REJECTED and "downgrade" in (st.reason or ""), st
+    assert _active_plaintext(world) == world.models["2.0.0"]
+
+    # Once 2.0.0 is revoked in signed metadata, a downgrade to 1.0.0 has its signed reason.
+    active = agent.slots(MODEL).active()
+    assert active is not None and active.version == "2.0.0"
+    erepo.revoke(world.repo, MODEL, "2.0.0", reason="test: withdrawn")
+    world.agent()._check_signed_downgrade(MODEL, "1.0.0", active)  # no longer refused
