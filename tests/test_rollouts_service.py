@@ -169,6 +169,21 @@ def test_failures_pause_with_reason_and_stop_assignments(session: Session) -> No
     assert first.id not in again and second.id not in again and again
 
 
+def test_devices_outside_the_selector_cannot_push_a_rollout_into_pause(session: Session) -> None:
+    fleet(session, 10)
+    outsiders = [add_device(session, i, tags=("site:b",)) for i in dev_ids(30)[20:]]
+    r = svc.create_rollout(
+        session, body(stages=[{"percent": 100}]), releases=RELEASES, now=T0
+    )
+    for d in outsiders:  # they learned the rollout id, but the selector never chose them
+        svc.on_device_events(session, d, [ev("rejected", r.id, reason="forged")], T0)
+    session.refresh(r)
+    assert r.status == "running"
+    assert session.scalars(
+        select(RolloutDevice).where(RolloutDevice.device_id.in_([d.id for d in outsiders]))
+    ).all() == []
+
+
 def test_failure_can_abort(session: Session) -> None:
     devices = fleet(session, 10)
     r = svc.create_rollout(

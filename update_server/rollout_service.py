@@ -567,6 +567,9 @@ def on_device_events(
         if row is None:
             state = state_of(r)
             h = eng.stage_of(device.id, rid)
+            selector = eng.Selector(frozenset((r.selector or {}).get("tags", [])))
+            if not selector.matches(getattr(device, "tags", None) or []):
+                continue  # outside the selector: its outcomes must not move this rollout
             if not eng.in_stage(device.id, rid, state.cutoff):
                 continue  # not admitted: the device cannot report for this rollout
             row = RolloutDevice(
