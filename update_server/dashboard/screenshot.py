@@ -7,6 +7,7 @@ Used by the browser test and by the demo::
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -82,15 +83,23 @@ def screenshot(url: str, out_png: str | Path, login_token: str) -> Path:
     return out
 
 
+TOKEN_ENV = "EDGEPKG_OPERATOR_TOKEN"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m update_server.dashboard.screenshot URL OUT.png`` with the operator token in
+    ``$EDGEPKG_OPERATOR_TOKEN`` (not on the command line, where ``ps`` would show it)."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3:
+    token = os.environ.get(TOKEN_ENV, "")
+    if len(args) != 2 or not token:
         print(
-            "usage: python -m update_server.dashboard.screenshot URL OUT.png TOKEN", file=sys.stderr
+            "usage: EDGEPKG_OPERATOR_TOKEN=... python -m update_server.dashboard.screenshot "
+            "URL OUT.png",
+            file=sys.stderr,
         )
         return 2
     try:
-        print(screenshot(args[0], args[1], args[2]))
+        print(screenshot(args[0], args[1], token))
     except Exception as exc:  # noqa: BLE001 - a CLI reports, never a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
