@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import struct
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -601,10 +602,19 @@ class SlotStore:
         info = self._require(name)
         runtime_dir = Path(runtime_dir)
         runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _remove_stale_exports(runtime_dir)
         dest = export_path(info, runtime_dir)
-        with atomic_output(dest, 0o600) as fh:
-            for chunk in self._stream(info):
-                fh.write(chunk)
+        # Written in a private ``.export-<pid>-*`` dir, then renamed into place: a process killed
+        # mid-export leaves no plaintext beside the app's model that nobody would clean up.
+        scratch = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=runtime_dir))
+        try:
+            with atomic_output(scratch / dest.name, 0o600) as fh:
+                for chunk in self._stream(info):
+                    fh.write(chunk)
+            os.replace(scratch / dest.name, dest)
+            fsync_dir(runtime_dir)
+        finally:
+            _remove_tree(scratch)
         return dest
 
     @contextlib.contextmanager
