@@ -18,10 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from edgepkg.demo import _devices, _hsm, _release
-from edgepkg.demo._procs import DemoStepError, ProcessSet
+from edgepkg.demo._procs import DemoStepError, Interrupted, ProcessSet, on_sigterm
 from edgepkg.demo._report import DemoReport, format_report
 from edgepkg.demo._rollouts import Conductor, canaries
 from edgepkg.demo._server import DASHBOARD_USER, start_server
@@ -47,14 +46,6 @@ class DemoConfig:
     log: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
 
 
-class _Interrupted(Exception):
-    pass
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Interrupted(f"signal {signum}")
-
-
 def run_demo(config: DemoConfig) -> DemoReport:
     """Run the demo; never leaves a child process behind (also on error or Ctrl-C)."""
     if config.devices < 1 or config.devices > 100:
@@ -68,7 +59,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
     def lap(name: str) -> None:
         timings[name] = time.monotonic() - t0 - sum(timings.values())
 
-    old = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    old = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
     module = _hsm.softhsm_module() if config.use_hsm else None
     custody = "files (development only)"
     report = DemoReport(str(ws.root), custody, "")
@@ -240,7 +231,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
                 f"(password {server.dashboard_password}); Ctrl-C to stop."
             )
             _serve_until_interrupted(procs)
-    except (_Interrupted, KeyboardInterrupt) as exc:
+    except (Interrupted, KeyboardInterrupt) as exc:
         report.error = f"interrupted ({exc or 'Ctrl-C'})"
     except Exception as exc:  # noqa: BLE001 - reported, and every child is stopped below
         report.error = f"{type(exc).__name__}: {exc}"
@@ -264,7 +255,7 @@ def _serve_until_interrupted(procs: ProcessSet) -> None:
     try:
         while not procs.dead():
             time.sleep(1.0)
-    except (_Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt):
         return
     raise DemoStepError(f"processes exited while serving: {', '.join(procs.dead())}")
 

@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 from edgepkg.errors import Error
 
@@ -50,6 +52,40 @@ def run_cmd(
     return proc.stdout
 
 
+class Interrupted(Exception):
+    """SIGTERM reached the demo (raised in the main thread by :func:`on_sigterm`)."""
+
+
+_deferring = 0
+_pending_signal: int | None = None
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """The demo's SIGTERM handler: raise :class:`Interrupted`, unless the main thread is between
+    starting a child and registering it; then the signal is raised right after."""
+    global _pending_signal
+    if _deferring:
+        _pending_signal = signum
+        return
+    raise Interrupted(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    global _deferring, _pending_signal
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers run in the main thread only; nothing to defer here
+        return
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and _pending_signal is not None:
+        signum, _pending_signal = _pending_signal, None
+        raise Interrupted(f"signal {signum}")
+
+
 class ProcessSet:
     """Long-running children (server, device daemons). Each starts a new session so that
     :meth:`stop_all` can signal its whole process group (gunicorn workers, validation runners)."""
@@ -68,15 +104,16 @@ class ProcessSet:
     ) -> subprocess.Popen[bytes]:
         log = open(log_path, "ab")  # noqa: SIM115 - closed in stop_all
         self._logs.append(log)
-        proc = subprocess.Popen(
-            list(argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=dict(env) if env is not None else None,
-        )
-        self.procs[name] = proc
+        with _signals_deferred():  # a SIGTERM inside Popen would orphan the new child
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=dict(env) if env is not None else None,
+            )
+            self.procs[name] = proc
         return proc
 
     def dead(self) -> list[str]:
