@@ -72,7 +72,8 @@ def bench_size(work: Path, size_mb: int, keys: dict[str, Path]) -> dict[str, flo
     # Warm the page cache for both contenders alike.
     sha256_file(model)
     r["zstd_c_s"], r["zstd_c_mb"] = run(["zstd", "-q", "-f", "-3", "-T2", str(model), "-o", str(zst)])
-    r["pkg_s"], r["pkg_mb"] = run(EDGEPKG + [
+    r["pkg_s"], r["pkg_mb"] = run([
+        *EDGEPKG,
         "package", str(model), "--name", "engine", "--version", "1.0.0", "--require", "gpu_sm=87",
         "--sign-key", str(keys["sign"]), "--recipient", str(keys["fleet_pub"]),
         "-o", str(bundle)], stdout=subprocess.DEVNULL)
@@ -123,8 +124,10 @@ def main() -> int:
     keys = make_keys(work)
     rows = [bench_size(work, int(s), keys) for s in args.sizes.split(",")]
     lines = [
-        "| size | package s | zstd -3 -T2 s | ratio | unpack s | zstd -d + sha256 s | ratio "
-        "| package RSS | unpack RSS | zstd -c RSS | bundle % | zstd % |",
+        (
+            "| size | package s | zstd -3 -T2 s | ratio | unpack s | zstd -d + sha256 s | ratio "
+            "| package RSS | unpack RSS | zstd -c RSS | bundle % | zstd % |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

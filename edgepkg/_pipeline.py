@@ -8,7 +8,7 @@ from __future__ import annotations
 import queue
 import threading
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 _STOP = object()
 
@@ -35,7 +35,7 @@ class BackgroundWriter:
                 return
             if self._error is None:
                 try:
-                    self._fh.write(block)  # type: ignore[arg-type]
+                    self._fh.write(block)  # type: ignore[call-overload]
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                     self._error = exc
 
@@ -52,7 +52,7 @@ class BackgroundWriter:
         if self._error is not None:
             raise self._error
 
-    def __enter__(self) -> BackgroundWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

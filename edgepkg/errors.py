@@ -20,7 +20,7 @@ class UsageError(Error):
 # --- keys ------------------------------------------------------------------------------------
 
 
-class KeyError_(Error):  # noqa: N801 - avoid shadowing builtins.KeyError
+class KeyError_(Error):  # named so it does not shadow builtins.KeyError
     """A key reference cannot be used: missing file, wrong type, bad PIN, token not found."""
 
 

@@ -285,8 +285,8 @@ def test_wrapped_key_from_other_bundle_is_refused(tmp_path, payload, signer, rec
     a, b = tmp_path / "a.edgepkg", tmp_path / "b.edgepkg"
     _write(payload, a, signer, [recipient])
     _write(payload, b, signer, [recipient], version="1.0.1")
-    ha = read_header(open(a, "rb"))
-    hb = read_header(open(b, "rb"))
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        ha, hb = read_header(fa), read_header(fb)
     data = a.read_bytes().replace(ha.wrapped_keys[recipient.key_id],
                                   hb.wrapped_keys[recipient.key_id])
     a.write_bytes(data)

@@ -168,7 +168,9 @@ def _compressed_chunks(
     buf = bytearray()
     with open(path, "rb") as fh:
         for piece in cctx.read_to_iter(
-            _CountingReader(fh, progress), read_size=1 << 20, write_size=chunk_size
+            _CountingReader(fh, progress),  # type: ignore[arg-type]  # duck-typed read()
+            read_size=1 << 20,
+            write_size=chunk_size,
         ):
             buf += piece
             while len(buf) >= chunk_size:
@@ -321,7 +323,10 @@ class BundleReader:
                 expected_length=self.info.payload_length,
             )
             dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-            reader = dctx.stream_reader(_IterReader(sealed), read_size=manifest.chunk_size)
+            reader = dctx.stream_reader(
+                _IterReader(sealed),  # type: ignore[arg-type]  # duck-typed read()
+                read_size=manifest.chunk_size,
+            )
             while True:
                 try:
                     block = reader.read(READ_BLOCK)
