@@ -26,6 +26,7 @@ Memory bound of each method's *apply* is given by :func:`delta_method_bounds`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -189,14 +190,11 @@ def make_delta(
             fh.write(header)
             with open(bodies[best], "rb") as src:
                 shutil.copyfileobj(src, fh, BUF)
-        if verify:
-            apply_delta(
-                old_path,
-                final,
-                Path(tmp) / "verify.out",
-                expected_sha256=new_sha,
-                expected_length=new_len,
-            )
+        if verify:  # rebuild into a hashing sink: no file, no fsync, base hash already known
+            with open(final, "rb") as dfh:
+                _apply_stream(
+                    old_path, dfh, None, new_sha, new_len, 1 << 62, old_digest=(old_len, old_sha)
+                )
         with atomic_output(out_path) as fh, open(final, "rb") as src:
             shutil.copyfileobj(src, fh, BUF)
     return DeltaResult(
@@ -241,29 +239,37 @@ def apply_delta(
         _apply_stream(old_path, delta, out_path, expected_sha256, expected_length, limit)
 
 
+class _NullSink:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
 def _apply_stream(
     old_path: PathLike,
     stream: BinaryIO,
-    out_path: PathLike,
+    out_path: PathLike | None,
     expected_sha256: str,
     expected_length: int,
     limit: int,
+    *,
+    old_digest: tuple[int, str] | None = None,
 ) -> None:
     header = parse_header(read_exact(stream, HEADER_SIZE, "header"))
     if header.new_length != expected_length or header.new_sha256 != expected_sha256:
         raise DeltaError("this delta builds a different file than the expected target")
-    old_len, old_sha = file_sha256(old_path)
+    old_len, old_sha = old_digest or file_sha256(old_path)
     if old_len != header.old_length or old_sha != header.old_sha256:
         raise DeltaError(
             f"wrong base: the delta needs a base with SHA-256 {header.old_sha256}, "
             f"the installed file has {old_sha}"
         )
-    out_path = Path(out_path)
-    with open(old_path, "rb") as ofh, atomic_output(out_path) as fh:
+    sink = atomic_output(out_path) if out_path is not None else contextlib.nullcontext(_NullSink())
+    spool_dir = Path(out_path).parent if out_path is not None else Path(tempfile.gettempdir())
+    with open(old_path, "rb") as ofh, sink as fh:
         old = OldFile(ofh, old_len)
-        writer = BoundedWriter(fh, expected_length)
+        writer = BoundedWriter(fh, expected_length)  # type: ignore[arg-type]
         if header.method == "bsdiff":
-            _apply_bsdiff(old, stream, writer, limit, out_path.parent)
+            _apply_bsdiff(old, stream, writer, limit, spool_dir)
         else:
             decode = _tensor.apply if header.method == "tensor" else _zwindow.apply
             decode(old, _Counted(stream, limit), writer)  # type: ignore[arg-type]
