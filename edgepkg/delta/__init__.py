@@ -33,6 +33,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -145,8 +146,9 @@ def make_delta(
     ``verify`` (default) the winner is applied once and checked before it is written.
     """
     t0 = time.monotonic()
-    old_len, old_sha = file_sha256(old_path)
-    new_len, new_sha = file_sha256(new_path)
+    with ThreadPoolExecutor(2) as pool:  # hashlib releases the GIL: hash both at once
+        old_f, new_f = pool.submit(file_sha256, old_path), pool.submit(file_sha256, new_path)
+        (old_len, old_sha), (new_len, new_sha) = old_f.result(), new_f.result()
     auto = methods is None
     stats: _tensor.Encoder | None = None
     if methods is None:
