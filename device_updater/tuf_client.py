@@ -93,7 +93,7 @@ class DeviceFetcher(FetcherInterface):
         session: requests.Session | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
-        chunk_size: int = 1024 * 1024,
+        chunk_size: int = 64 * 1024,
         resume_dir: str | os.PathLike[str] | None = None,
         resume_prefixes: tuple[str, ...] = (),
     ) -> None:
