@@ -8,7 +8,7 @@ from __future__ import annotations
 import queue
 import threading
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import Any, BinaryIO, Self
 
 _STOP = object()
 
@@ -20,8 +20,9 @@ class BackgroundWriter:
     any error of the writer thread in the caller.
     """
 
-    def __init__(self, fh: BinaryIO, depth: int = 8) -> None:
+    def __init__(self, fh: BinaryIO, depth: int = 8, digest: Any = None) -> None:
         self._fh = fh
+        self.digest = digest  # optional hashlib object updated with every block, in the thread
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="edgepkg-writer", daemon=True)
@@ -35,6 +36,8 @@ class BackgroundWriter:
                 return
             if self._error is None:
                 try:
+                    if self.digest is not None:
+                        self.digest.update(block)
                     self._fh.write(block)  # type: ignore[call-overload]
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                     self._error = exc

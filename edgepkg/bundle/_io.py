@@ -297,6 +297,24 @@ class BundleReader:
 
     def chunks(self, progress: Progress | None = None) -> Iterator[bytes]:
         """Yield verified plaintext; raises at the end if length or SHA-256 do not match."""
+        digest = hashlib.sha256()
+        for block in self.blocks(progress):
+            digest.update(block)
+            yield block
+        self.check_digest(digest.hexdigest())
+
+    def check_digest(self, sha256_hex: str) -> None:
+        """Compare the SHA-256 of everything :meth:`blocks` yielded with the signed value."""
+        if sha256_hex != self.manifest.plaintext_sha256:
+            raise TamperedError("payload SHA-256 does not match the signed manifest")
+
+    def blocks(self, progress: Progress | None = None) -> Iterator[bytes]:
+        """Yield authenticated, decompressed plaintext, at most the signed length in total.
+
+        Every chunk is authenticated (AEAD) and the total length is checked; the caller must
+        hash what it gets and call :meth:`check_digest` (``chunks`` does both) — split so that
+        hashing can run in another thread than decryption and decompression.
+        """
         manifest = self.manifest
         end = self.info.payload_offset + self.info.payload_length
         if self.info.size < end:
@@ -310,7 +328,6 @@ class BundleReader:
             raise TruncatedError("bundle payload is empty")
         manifest_hash = hashlib.sha256(self.info.manifest_bytes).digest()
         data_key = self._data_key(manifest_hash)
-        digest = hashlib.sha256()
         total = 0
         limit = manifest.plaintext_length
         with open(self._path, "rb") as fh:
@@ -339,14 +356,11 @@ class BundleReader:
                     raise TooLargeError(
                         f"payload decompresses to more than the signed length {limit}"
                     )
-                digest.update(block)
                 if progress:
                     progress(len(block))
                 yield block
         if total != limit:
             raise TamperedError(f"payload is {total} bytes, the manifest signs {limit}")
-        if digest.hexdigest() != manifest.plaintext_sha256:
-            raise TamperedError("payload SHA-256 does not match the signed manifest")
 
 
 class _IterReader:
@@ -391,7 +405,11 @@ def unpack_bundle(
 ) -> Manifest:
     """Decrypt a bundle to ``out_path`` atomically; on any failure nothing is left behind."""
     reader = BundleReader(path, keys=keys, trusted_keys=trusted_keys)
-    with atomic_output(out_path, mode) as out, BackgroundWriter(out) as writer:
-        for block in reader.chunks(progress):
-            writer.write(block)
+    with atomic_output(out_path, mode) as out:
+        # Decrypt + decompress here, hash + write in the writer thread (both release the GIL).
+        with BackgroundWriter(out, digest=hashlib.sha256()) as writer:
+            for block in reader.blocks(progress):
+                writer.write(block)
+        assert writer.digest is not None
+        reader.check_digest(writer.digest.hexdigest())  # before the file is renamed into place
     return reader.manifest
