@@ -338,8 +338,7 @@ def install_delta(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: 
     length and SHA-256 match the signed ``candidate``.
     Raises ``_Fallback``/DeltaError/SlotError: the caller installs the full bundle instead.
     """
-    from edgepkg.delta import read_delta_header
-    from edgepkg.delta._stream import DeltaBaseError, apply_delta_to
+    from edgepkg.delta import DeltaBaseError, apply_delta_to, read_delta_header
 
     active = slots.active()
     if active is None:

@@ -1,4 +1,4 @@
-"""edgepkg.delta._stream.apply_delta_to: apply a delta into a writable (a device's slot writer)."""
+"""edgepkg.delta.apply_delta_to: apply a delta into a writable (a device's slot writer)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepkg.delta import make_delta
-from edgepkg.delta._stream import DeltaBaseError, apply_delta_to
+from edgepkg.delta import DeltaBaseError, apply_delta_to, make_delta
 from edgepkg.errors import DeltaError
 
 

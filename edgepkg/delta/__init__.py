@@ -41,7 +41,15 @@ from typing import Any, BinaryIO
 from edgepkg._atomic import atomic_output
 from edgepkg.delta import _bsdiff, _tensor, _zwindow
 from edgepkg.delta._format import HEADER_SIZE, METHOD_IDS, DeltaHeader, parse_header
-from edgepkg.delta._io import BUF, BoundedWriter, OldFile, file_sha256, read_exact
+from edgepkg.delta._io import (
+    BUF,
+    BoundedWriter,
+    DeltaBaseError,
+    OldFile,
+    Writable,
+    file_sha256,
+    read_exact,
+)
 from edgepkg.errors import DeltaError, TooLargeError, UsageError
 
 __all__ = [
@@ -49,9 +57,11 @@ __all__ = [
     "DEFAULT_MAX_ZWINDOW_BYTES",
     "METHODS",
     "ChunkStream",
+    "DeltaBaseError",
     "DeltaHeader",
     "DeltaResult",
     "apply_delta",
+    "apply_delta_to",
     "delta_method_bounds",
     "make_delta",
     "read_delta_header",
@@ -195,7 +205,8 @@ def make_delta(
         if verify:  # rebuild into a hashing sink: no file, no fsync, base hash already known
             with open(final, "rb") as dfh:
                 _apply_stream(
-                    old_path, dfh, None, new_sha, new_len, 1 << 62, old_digest=(old_len, old_sha)
+                    old_path, dfh, _NullSink(), new_sha, new_len, 1 << 62,
+                    spool_dir=Path(tempfile.gettempdir()), old_digest=(old_len, old_sha),
                 )
         with atomic_output(out_path) as fh, open(final, "rb") as src:
             shutil.copyfileobj(src, fh, BUF)
@@ -232,13 +243,41 @@ def apply_delta(
         raise UsageError("expected_length must be >= 0")
     expected_sha256 = expected_sha256.lower()
     limit = max_delta_bytes if max_delta_bytes is not None else 2 * expected_length + (64 << 20)
-    if isinstance(delta, (str, os.PathLike)):
-        with open(delta, "rb") as fh:
-            _apply_stream(old_path, fh, out_path, expected_sha256, expected_length, limit)
-    else:
-        if isinstance(delta, io.RawIOBase):  # raw reads may return short: buffer them
-            delta = io.BufferedReader(delta, BUF)  # type: ignore[assignment]
-        _apply_stream(old_path, delta, out_path, expected_sha256, expected_length, limit)
+    spool = Path(out_path).parent
+    with contextlib.ExitStack() as stack:
+        if isinstance(delta, (str, os.PathLike)):
+            stream: BinaryIO = stack.enter_context(open(delta, "rb"))
+        elif isinstance(delta, io.RawIOBase):  # raw reads may return short: buffer them
+            stream = io.BufferedReader(delta, BUF)  # type: ignore[assignment]
+        else:
+            stream = delta
+        out = stack.enter_context(atomic_output(out_path))
+        _apply_stream(old_path, stream, out, expected_sha256, expected_length, limit,
+                      spool_dir=spool)
+
+
+def apply_delta_to(
+    old_path: PathLike,
+    delta: BinaryIO,
+    out: Writable,
+    *,
+    expected_sha256: str,
+    expected_length: int,
+    max_delta_bytes: int | None = None,
+    spool_dir: PathLike | None = None,
+) -> None:
+    """Like :func:`apply_delta`, but the rebuilt target goes to ``out`` (anything with
+    ``write``), e.g. a device's slot writer that hashes and seals as bytes arrive.
+
+    Raises :class:`DeltaBaseError` before writing anything when the base does not match; on any
+    other error the caller must discard what ``out`` received. ``spool_dir`` is where a
+    non-seekable bsdiff delta is spooled (default: the base's folder).
+    """
+    if expected_length < 0:
+        raise UsageError("expected_length must be >= 0")
+    limit = max_delta_bytes if max_delta_bytes is not None else 2 * expected_length + (64 << 20)
+    _apply_stream(old_path, delta, out, expected_sha256.lower(), expected_length, limit,
+                  spool_dir=spool_dir if spool_dir is not None else Path(old_path).parent)
 
 
 class _NullSink:
@@ -249,29 +288,30 @@ class _NullSink:
 def _apply_stream(
     old_path: PathLike,
     stream: BinaryIO,
-    out_path: PathLike | None,
+    out: Writable,
     expected_sha256: str,
     expected_length: int,
     limit: int,
     *,
+    spool_dir: PathLike,
     old_digest: tuple[int, str] | None = None,
 ) -> None:
+    """The one delta decoder behind :func:`apply_delta` and :func:`apply_delta_to`: check
+    the header against the expected target and the base, rebuild into ``out``, verify."""
     header = parse_header(read_exact(stream, HEADER_SIZE, "header"))
     if header.new_length != expected_length or header.new_sha256 != expected_sha256:
         raise DeltaError("this delta builds a different file than the expected target")
     old_len, old_sha = old_digest or file_sha256(old_path)
     if old_len != header.old_length or old_sha != header.old_sha256:
-        raise DeltaError(
+        raise DeltaBaseError(
             f"wrong base: the delta needs a base with SHA-256 {header.old_sha256}, "
-            f"the installed file has {old_sha}"
+            f"the given file has {old_sha}"
         )
-    sink = atomic_output(out_path) if out_path is not None else contextlib.nullcontext(_NullSink())
-    spool_dir = Path(out_path).parent if out_path is not None else Path(tempfile.gettempdir())
-    with open(old_path, "rb") as ofh, sink as fh:
+    with open(old_path, "rb") as ofh:
         old = OldFile(ofh, old_len)
-        writer = BoundedWriter(fh, expected_length)  # type: ignore[arg-type]
+        writer = BoundedWriter(out, expected_length)  # type: ignore[arg-type]
         if header.method == "bsdiff":
-            _apply_bsdiff(old, stream, writer, limit, spool_dir)
+            _apply_bsdiff(old, stream, writer, limit, Path(spool_dir))
         else:
             decode = _tensor.apply if header.method == "tensor" else _zwindow.apply
             decode(old, _Counted(stream, limit), writer)  # type: ignore[arg-type]

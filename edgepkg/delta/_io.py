@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from edgepkg.errors import DeltaError, TooLargeError
 
 BUF = 1 << 20
+
+
+class DeltaBaseError(DeltaError):
+    """The base file is not the one the delta was made against (nothing was written)."""
+
+
+class Writable(Protocol):
+    def write(self, data: bytes) -> object: ...
 
 
 class BoundedWriter:
