@@ -50,6 +50,7 @@ from edgepkg.delta._io import (
     file_sha256,
     read_exact,
 )
+from edgepkg.delta._verify import BackgroundSha256, PipelinedVerifier
 from edgepkg.errors import DeltaError, TooLargeError, UsageError
 
 __all__ = [
@@ -153,12 +154,13 @@ def make_delta(
     where they could still win: when more than GENERIC_GATE of the new file shares content with
     the old file in a way the aligned regions do not follow (small moves, reordering).
     A list runs exactly those methods; naming bsdiff above its bound is a UsageError.  With
-    ``verify`` (default) the winner is applied once and checked before it is written.
+    ``verify`` (default) nothing is written unless the delta, decoded by the device's decoder,
+    rebuilds exactly the bytes of the new file whose SHA-256 goes into the header: the first
+    method is decoded by a second thread while it is encoded (and compared with the bytes the
+    encoder read); a winner that was not is decoded afterwards into a hashing sink.
     """
     t0 = time.monotonic()
-    with ThreadPoolExecutor(2) as pool:  # hashlib releases the GIL: hash both at once
-        old_f, new_f = pool.submit(file_sha256, old_path), pool.submit(file_sha256, new_path)
-        (old_len, old_sha), (new_len, new_sha) = old_f.result(), new_f.result()
+    old_len, new_len = os.stat(old_path).st_size, os.stat(new_path).st_size
     auto = methods is None
     stats: _tensor.Encoder | None = None
     if methods is None:
@@ -177,50 +179,133 @@ def make_delta(
     tmp_parent = Path(workdir) if workdir is not None else out_path.parent
     sizes: dict[str, int] = {}
     secs: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix=".delta-", dir=tmp_parent) as tmp:
+    first = chosen[0]
+    limit = 2 * new_len + (64 << 20)
+    spool = Path(tempfile.gettempdir())
+
+    def decoder(method: str) -> Any:
+        return lambda old, stream, writer: _decode_body(method, old, stream, writer, limit, spool)
+
+    # The base is hashed in a worker thread while the first method builds its index; the new file
+    # is hashed from the very bytes the first method reads; with ``verify`` a second thread
+    # decodes the first method's stream as it is written and compares it with those bytes.
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(1))
+        old_digest = pool.submit(file_sha256, old_path)
+        new_sha = BackgroundSha256()
+        stack.callback(new_sha.close)
+        verifier = (
+            PipelinedVerifier(decoder(first), os.fspath(old_path), old_len, new_len)
+            if verify and first != "bsdiff" else None
+        )
+        if verifier is not None:
+            stack.callback(verifier.close)
+        # the first method writes straight after the header (no copy if it wins) unless it
+        # must be verified after the fact (bsdiff: its decoder reads the stream by seek)
+        direct = first if verifier is not None or not verify else None
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".delta-",
+                                                                   dir=tmp_parent)))
+        fh = stack.enter_context(atomic_output(out_path))
+        fh.write(bytes(HEADER_SIZE))  # the header goes here once the winner is known
         bodies: dict[str, Path] = {}
         for m in chosen:
             if auto and m != "tensor" and not _generic_may_win(stats, new_len):
                 continue
             t = time.monotonic()
-            body = Path(tmp) / f"{m}.body"
-            with open(old_path, "rb") as old, open(new_path, "rb") as new, open(body, "wb") as out:
+            with contextlib.ExitStack() as files:
+                old = files.enter_context(open(old_path, "rb"))
+                new: Any = files.enter_context(open(new_path, "rb"))
+                if m == first:
+                    new = _TeeReader(new, new_sha, verifier)
+                if m == direct:
+                    out: Any = _TeeWriter(fh, verifier.body if verifier else None)
+                else:
+                    bodies[m] = tmp / f"{m}.body"
+                    out = _TeeWriter(files.enter_context(open(bodies[m], "wb")), None)
                 if m == "tensor":
                     stats = _tensor.encode(old, old_len, new, out, level=level)
                 elif m == "zstd-window":
                     _zwindow.encode(old, old_len, new, out, level=max(level, 15))
                 else:
                     out.write(_bsdiff.diff(old.read(), new.read()))
-            bodies[m] = body
-            sizes[m] = HEADER_SIZE + body.stat().st_size
+                if m == first:
+                    new.finish()
+            sizes[m] = HEADER_SIZE + out.count
             secs[m] = round(time.monotonic() - t, 3)
+        old_len_read, old_sha = old_digest.result()
+        new_sha_hex = new_sha.hexdigest()
+        if verifier is not None:
+            verifier.finish()
+        if old_len_read != old_len or new_sha.count != new_len:
+            raise DeltaError("the base or the new file changed while the delta was being made")
         chosen = [m for m in chosen if m in sizes]
         best = min(chosen, key=lambda m: (sizes[m], chosen.index(m)))
-        header = DeltaHeader(best, old_len, old_sha, new_len, new_sha).pack()
-        final = Path(tmp) / "delta"
-        with open(final, "wb") as fh:
-            fh.write(header)
+        header = DeltaHeader(best, old_len, old_sha, new_len, new_sha_hex)
+        if parse_header(header.pack()) != header:
+            raise DeltaError("delta header does not round-trip")  # cannot happen: a format bug
+        if best != direct:
+            fh.seek(HEADER_SIZE)
+            fh.truncate()
             with open(bodies[best], "rb") as src:
                 shutil.copyfileobj(src, fh, BUF)
-        if verify:  # rebuild into a hashing sink: no file, no fsync, base hash already known
-            with open(final, "rb") as dfh:
-                _apply_stream(
-                    old_path, dfh, _NullSink(), new_sha, new_len, 1 << 62,
-                    spool_dir=Path(tempfile.gettempdir()), old_digest=(old_len, old_sha),
-                )
-        with atomic_output(out_path) as fh, open(final, "rb") as src:
-            shutil.copyfileobj(src, fh, BUF)
+        if verify and (best != first or verifier is None):
+            # not verified while encoding: rebuild into a hashing sink (the device's decoder)
+            with open(bodies[best], "rb") as body:
+                sink = BoundedWriter(_NullSink(), new_len)  # type: ignore[arg-type]
+                with open(old_path, "rb") as ofh:
+                    _decode_body(best, OldFile(ofh, old_len), body, sink, limit, spool)
+                if sink.count != new_len or sink.hexdigest() != new_sha_hex:
+                    raise DeltaError("verification failed: the delta does not rebuild the new file")
+        fh.seek(0)
+        fh.write(header.pack())
     return DeltaResult(
         best,
         sizes[best],
         new_len,
         old_len,
         old_sha,
-        new_sha,
+        new_sha_hex,
         sizes,
         secs,
         round(time.monotonic() - t0, 3),
     )
+
+
+class _TeeWriter:
+    """Counts what a method writes and hands it to the pipelined verifier too."""
+
+    def __init__(self, fh: BinaryIO, also: Any) -> None:
+        self._fh = fh
+        self._also = also
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self._fh.write(data)
+        if self._also is not None:
+            self._also(data)
+        self.count += len(data)
+        return len(data)
+
+
+class _TeeReader:
+    """The new file as the first method reads it: hashed, and given to the verifier."""
+
+    def __init__(self, fh: BinaryIO, sha: BackgroundSha256, verifier: Any) -> None:
+        self._fh = fh
+        self._sha = sha
+        self._verifier = verifier
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._sha.update(data)
+        if self._verifier is not None:
+            self._verifier.expect(data)
+        return data
+
+    def finish(self) -> None:
+        """Read what the method left unread (nothing, normally) so hash and check see it all."""
+        while self.read(BUF):
+            pass
 
 
 def apply_delta(
@@ -308,21 +393,27 @@ def _apply_stream(
             f"the given file has {old_sha}"
         )
     with open(old_path, "rb") as ofh:
-        old = OldFile(ofh, old_len)
         writer = BoundedWriter(out, expected_length)  # type: ignore[arg-type]
-        if header.method == "bsdiff":
-            _apply_bsdiff(old, stream, writer, limit, Path(spool_dir))
-        else:
-            decode = _tensor.apply if header.method == "tensor" else _zwindow.apply
-            decode(old, _Counted(stream, limit), writer)  # type: ignore[arg-type]
-            if stream.read(1):
-                raise DeltaError("delta has trailing data after its end marker (corrupt)")
+        _decode_body(header.method, OldFile(ofh, old_len), stream, writer, limit, Path(spool_dir))
         if writer.count != expected_length:
             raise DeltaError(
                 f"delta rebuilt {writer.count} bytes, expected {expected_length} (truncated?)"
             )
         if writer.hexdigest() != expected_sha256:
             raise DeltaError("rebuilt file does not match the expected SHA-256 (corrupt delta)")
+
+
+def _decode_body(
+    method: str, old: OldFile, stream: BinaryIO, writer: Any, limit: int, spool_dir: Path
+) -> None:
+    """Decode one method's stream (after the header) into ``writer``; refuse trailing data."""
+    if method == "bsdiff":
+        _apply_bsdiff(old, stream, writer, limit, spool_dir)
+        return
+    decode = _tensor.apply if method == "tensor" else _zwindow.apply
+    decode(old, _Counted(stream, limit), writer)  # type: ignore[arg-type]
+    if stream.read(1):
+        raise DeltaError("delta has trailing data after its end marker (corrupt)")
 
 
 class ChunkStream(io.RawIOBase):

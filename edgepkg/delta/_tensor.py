@@ -249,10 +249,12 @@ def apply(old: OldFile, stream: BinaryIO, out: BoundedWriter) -> None:
         ops = [_OP.unpack_from(raw_ops, k * _OP.size) for k in range(nops)]
         if sum(op[1] for op in ops) != n or any(op[0] not in (LITERAL, ALIGNED) for op in ops):
             raise DeltaError("delta operations do not cover the chunk (corrupt patch)")
+        if lay == ZERO:  # zero residual: aligned ops copy the old bytes, literal ops are zeros
+            for kind, length, off in ops:
+                out.write(old.read_at(off, length) if kind == ALIGNED else bytes(length))
+            continue
         sizes = [(n - i + 3) // 4 for i in range(4)] if lay == PLANES else [n]
-        if lay == ZERO:
-            sizes = []
-        res = np.empty(n, dtype=np.uint8) if sizes else np.zeros(n, dtype=np.uint8)
+        res = np.empty(n, dtype=np.uint8)
         for i, size in enumerate(sizes):
             codec, clen = _FRAME.unpack(read_exact(stream, _FRAME.size, "frame header"))
             if codec not in (ZSTD, BZ2) or clen > size + (size >> 6) + 1024:
