@@ -377,7 +377,7 @@ HISTORY = [
         "(stable argsort anchor index, separate SHA-256 passes, verify pass after encoding, body "
         "copied twice) a 4.4 s vs 5.4 s, c 13.1 s vs 171.9 s, e 4.4 s vs 2.4 s ❌; after (SIMD "
         "np.sort index, new file hashed from the encoder's reads, verification decoded in a second "
-    "thread while encoding, header+body written once) a 2.0 s vs 6.0 s, c 12.7 s vs 160.5 s, "
+        "thread while encoding, header+body written once) a 2.0 s vs 6.0 s, c 12.7 s vs 160.5 s, "
         "e 1.2 s vs 1.8 s ✅; diff peak RSS 518 -> 390 MB; delta bytes unchanged."
     ),
 ]
