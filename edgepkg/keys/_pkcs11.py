@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgepkg.errors import HSMError, KeyError_
 from edgepkg.keys._software import (
+    check_ecdh_peer,
     ec_point_to_public_key,
     public_key_id,
     raw_to_der_signature,
@@ -488,10 +489,7 @@ class Pkcs11RecipientKey:
         return self._pub
 
     def exchange(self, peer: ec.EllipticCurvePublicKey) -> bytes:
-        if not isinstance(peer, ec.EllipticCurvePublicKey) or not isinstance(
-            peer.curve, ec.SECP256R1
-        ):
-            raise KeyError_("ECDH peer key must be a P-256 public key")
+        check_ecdh_peer(peer)
         point = uncompressed_point(peer)
 
         def op(_session: Any, priv: Any) -> bytes:

@@ -138,6 +138,14 @@ class FileSigner:
         return f"FileSigner({self.algorithm}, {self._id[:16]}, {self.location})"
 
 
+def check_ecdh_peer(peer: object) -> None:
+    """Refuse anything but a P-256 public key as the other side of an ECDH."""
+    if not isinstance(peer, ec.EllipticCurvePublicKey) or not isinstance(
+        peer.curve, ec.SECP256R1
+    ):
+        raise KeyError_("ECDH peer key must be a P-256 public key")
+
+
 class FileRecipientKey:
     """A P-256 recipient key held in software."""
 
@@ -157,10 +165,7 @@ class FileRecipientKey:
         return self._pub
 
     def exchange(self, peer: ec.EllipticCurvePublicKey) -> bytes:
-        if not isinstance(peer, ec.EllipticCurvePublicKey) or not isinstance(
-            peer.curve, ec.SECP256R1
-        ):
-            raise KeyError_("ECDH peer key must be a P-256 public key")
+        check_ecdh_peer(peer)
         return self._key.exchange(ec.ECDH(), peer)
 
     def software_private_key(self) -> ec.EllipticCurvePrivateKey:
