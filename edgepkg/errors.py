@@ -84,3 +84,16 @@ class DeltaError(UntrustedInputError):
 
 class RepoError(Error):
     """The TUF repository refused the operation (version not newer, unknown key, expired...)."""
+
+
+# --- the device <-> server contract ----------------------------------------------------------
+
+
+class ProtocolError(UntrustedInputError):
+    """A device<->server message is malformed; ``field`` names the offending part and ``code``
+    is a stable machine-readable reason (the server answers 400 with both)."""
+
+    def __init__(self, message: str, *, field: str = "", code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.field = field
+        self.code = code
