@@ -28,7 +28,8 @@ def canonical_json(value: Any) -> bytes:
 
 
 def atomic_write_json(path: Path, value: Any, mode: int = 0o600) -> None:
-    """Write ``value`` as JSON to ``path`` atomically and durably (temp, fsync, rename, fsync dir)."""
+    """Write ``value`` as JSON to ``path`` atomically and durably (temp, fsync, rename, fsync
+    dir)."""
     atomic_write_bytes(path, canonical_json(value) + b"\n", mode)
 
 

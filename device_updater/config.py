@@ -61,7 +61,8 @@ class Config:
         if self.keystore_type not in ("pkcs11", "file"):
             raise ConfigError("keystore.type must be 'pkcs11' or 'file'")
         if self.keystore_type == "pkcs11" and not self.token_uri:
-            raise ConfigError("keystore.token_uri (a pkcs11: URI) is required for a pkcs11 keystore")
+            raise ConfigError(
+                "keystore.token_uri (a pkcs11: URI) is required for a pkcs11 keystore")
         if self.keystore_type == "file" and self.keystore_dir is None:
             raise ConfigError("keystore.dir is required for a file keystore")
         if not 1 <= self.poll_interval <= 7 * 86400:
@@ -86,7 +87,8 @@ def _get(section: dict[str, Any], key: str, typ: type | tuple[type, ...], where:
     value = section.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) and typ is not bool and bool not in (typ if isinstance(typ, tuple) else (typ,)):
+    allowed = typ if isinstance(typ, tuple) else (typ,)
+    if isinstance(value, bool) and typ is not bool and bool not in allowed:
         raise ConfigError(f"{where}.{key} has the wrong type")
     if not isinstance(value, typ):
         raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})")

@@ -274,7 +274,8 @@ def _check_onnx_opsets(want: Any, facts: Mapping[str, Any]) -> list[str]:
 
 
 def _check_onnx_opset_into(reasons: list[str], what: str, want: Any, have: Any) -> None:
-    _need_at_most(reasons, what, want, have, "the device has no ONNX Runtime it knows the limits of")
+    _need_at_most(reasons, what, want, have,
+                  "the device has no ONNX Runtime it knows the limits of")
 
 
 _CHECKS = {

@@ -98,7 +98,8 @@ class TrustAnchors:
             doc = json.loads(data)
             if doc.get("version") != 1:
                 raise BadAnchorsError("unknown trust anchor format version")
-            return cls(str(doc["root_sha256"]), [str(p).encode("ascii") for p in doc["release_keys"]])
+            return cls(str(doc["root_sha256"]),
+                       [str(p).encode("ascii") for p in doc["release_keys"]])
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError) as exc:
             raise BadAnchorsError(f"trust anchors are malformed: {exc}") from exc
 

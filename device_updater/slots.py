@@ -27,27 +27,21 @@ format), so editing ``meta.json`` makes decryption fail.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
 import logging
 import os
-import re
-import struct
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, Protocol, Self
+from typing import Any, BinaryIO, Self
 
 from device_updater._fsutil import (
     atomic_write_bytes,
     atomic_write_json,
-    canonical_json,
     file_lock,
     fsync_dir,
     read_limited,
@@ -61,337 +55,51 @@ from device_updater.errors import (
     SlotIntegrityError,
     UntrustedDeviceInputError,
 )
-from edgepkg import crypto
+
+# The value objects and the sealer live in their own modules (the state machine imports the
+# values without crypto); they are re-exported here because callers import them from slots.
+from device_updater.sealing import BundleSealer, Sealer, SealingWriter
+from device_updater.slot_values import (
+    FORMATS,
+    SLOT_NAMES,
+    ModelSummary,
+    ReleaseEvidence,
+    SlotInfo,
+    SlotName,
+    SlotState,
+    SlotsView,
+    other_slot,
+)
 from edgepkg._atomic import atomic_output
 from edgepkg.bundle import verify_signed_manifest
 from edgepkg.errors import Error as EdgepkgError
-from edgepkg.keys._types import RecipientKey
 
-SlotName = Literal["a", "b"]
-SLOT_NAMES: tuple[SlotName, SlotName] = ("a", "b")
-FORMATS = ("tensorrt", "edgetpu", "tflm", "tflite", "onnx", "raw")
+__all__ = [
+    "FORMATS",
+    "MAX_META_BYTES",
+    "SLOT_NAMES",
+    "BundleSealer",
+    "ModelSummary",
+    "ReleaseEvidence",
+    "Sealer",
+    "SealingWriter",
+    "SlotInfo",
+    "SlotName",
+    "SlotState",
+    "SlotStore",
+    "SlotWriter",
+    "SlotsView",
+    "TrustedKeys",
+    "export_path",
+    "other_slot",
+]
+
 MAX_META_BYTES = 64 * 1024
 _META_SCHEMA = 1
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,64}$")
 _EXT = {"onnx": ".onnx", "tflite": ".tflite", "tflm": ".tflite", "edgetpu": ".tflite",
         "tensorrt": ".engine", "raw": ".bin"}
 
-
-def other_slot(name: str) -> SlotName:
-    """The other slot's name (``a`` <-> ``b``)."""
-    if name == "a":
-        return "b"
-    if name == "b":
-        return "a"
-    raise SlotError(f"no slot named {name!r} (slots are 'a' and 'b')")
-
-
-# --- the signed summary of a model -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """The signed facts about one model version the device relies on.
-
-    Built from a verified bundle's ``Manifest.summary()`` or a TUF target's
-    ``custom["edgepkg"]`` (both signed): the plaintext SHA-256 and length are what every slot
-    write and switch is checked against; ``policy`` is the signed validation policy.
-    """
-
-    name: str
-    version: str
-    sha256: str
-    length: int
-    format: str
-    policy: dict[str, Any] | None = None
-    requirements: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> ModelSummary:
-        """Parse a manifest summary / TUF custom dict (hostile input: every field is checked).
-
-        Accepts ``sha256``/``length`` or ``plaintext_sha256``/``plaintext_length``.
-        Raises :class:`UntrustedDeviceInputError` on anything malformed.
-        """
-        if not isinstance(data, Mapping):
-            raise UntrustedDeviceInputError("model summary must be a JSON object")
-        sha = data.get("sha256", data.get("plaintext_sha256"))
-        length = data.get("length", data.get("plaintext_length"))
-        name, version, fmt = data.get("name"), data.get("version"), data.get("format")
-        policy = data.get("policy")
-        req = data.get("requirements") or {}
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise UntrustedDeviceInputError(f"model summary has a bad name {name!r}")
-        if not isinstance(version, str) or not _VERSION.match(version):
-            raise UntrustedDeviceInputError(f"model summary has a bad version {version!r}")
-        if not isinstance(sha, str) or not _HEX64.match(sha):
-            raise UntrustedDeviceInputError("model summary sha256 must be 64 lowercase hex digits")
-        if not isinstance(length, int) or isinstance(length, bool) or not 0 <= length < 1 << 44:
-            raise UntrustedDeviceInputError(f"model summary has a bad length {length!r}")
-        if fmt not in FORMATS:
-            raise UntrustedDeviceInputError(f"model summary has an unknown format {fmt!r}")
-        if policy is not None and not isinstance(policy, Mapping):
-            raise UntrustedDeviceInputError("model summary policy must be an object or null")
-        if not isinstance(req, Mapping):
-            raise UntrustedDeviceInputError("model summary requirements must be an object")
-        return cls(
-            name=name, version=version, sha256=sha, length=length, format=str(fmt),
-            policy=dict(policy) if policy is not None else None, requirements=dict(req),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "version": self.version, "sha256": self.sha256,
-            "length": self.length, "format": self.format, "policy": self.policy,
-            "requirements": self.requirements,
-        }
-
-    def binding(self) -> bytes:
-        """Bytes that bind sealed slot content to this summary (used as AEAD associated data)."""
-        core = {k: getattr(self, k) for k in ("name", "version", "sha256", "length", "format")}
-        return hashlib.sha256(b"edgepkg-slot-v1\n" + canonical_json(core)).digest()
-
-
-# --- at-rest sealing -------------------------------------------------------------------------
-
-
-class SealingWriter(Protocol):
-    """Push plaintext in; sealed bytes go to the file the sealer was given."""
-
-    def write(self, data: bytes) -> None: ...
-
-    def close(self) -> None:
-        """Write the final (authenticated last) part. Must be called exactly once."""
-        ...
-
-
-class Sealer(Protocol):
-    """Encrypts slot content at rest and decrypts it again (see :class:`BundleSealer`)."""
-
-    def seal(self, out: BinaryIO, aad: bytes) -> SealingWriter:
-        """Start a sealed stream written to ``out``, bound to ``aad``."""
-        ...
-
-    def unseal(self, src: BinaryIO, aad: bytes) -> Iterator[bytes]:
-        """Yield authenticated plaintext chunks; raise :class:`SealError` on any mismatch."""
-        ...
-
-
-_SEAL_MAGIC = b"EPSLOT1\n"
-_MAX_SEAL_HEADER = 16 * 1024
-
-
-class _Feed:
-    """An iterator fed by pushes; refuses to run dry mid-stream (the sealer looks ahead one)."""
-
-    class _Dry(Exception):
-        pass
-
-    def __init__(self) -> None:
-        self.items: deque[bytes] = deque()
-        self.closed = False
-
-    def __iter__(self) -> _Feed:
-        return self
-
-    def __next__(self) -> bytes:
-        if self.items:
-            return self.items.popleft()
-        if self.closed:
-            raise StopIteration
-        raise _Feed._Dry("sealer asked for more look-ahead than buffered")
-
-
-class _BundleSealingWriter:
-    def __init__(self, out: BinaryIO, data_key: bytes, aad: bytes, chunk_size: int) -> None:
-        self._out = out
-        self._chunk_size = chunk_size
-        self._buf = bytearray()
-        self._feed = _Feed()
-        self._gen = crypto.seal_chunks(data_key, self._feed, aad)
-        self._closed = False
-
-    def _push(self, chunk: bytes) -> None:
-        self._feed.items.append(chunk)
-        # Keep >= 2 chunks buffered before pulling so a one-chunk look-ahead never runs dry.
-        while len(self._feed.items) >= 2:
-            self._out.write(next(self._gen))
-
-    def write(self, data: bytes) -> None:
-        if self._closed:
-            raise SealError("write after close")
-        mv = memoryview(data)
-        size = self._chunk_size
-        if self._buf:
-            take = size - len(self._buf)
-            self._buf += mv[:take]
-            mv = mv[take:]
-            if len(self._buf) < size:
-                return
-            self._push(bytes(self._buf))
-            self._buf.clear()
-        while len(mv) >= size:  # no quadratic copying for one huge write
-            self._push(bytes(mv[:size]))
-            mv = mv[size:]
-        self._buf += mv
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._buf:
-            self._feed.items.append(bytes(self._buf))
-            self._buf.clear()
-        self._feed.closed = True
-        for part in self._gen:
-            self._out.write(part)
-
-
-class BundleSealer:
-    """Seal slot content to the device's own P-256 key, edgepkg-bundle style.
-
-    Sealed file: ``EPSLOT1\\n`` + u32 header length + JSON header (chunk size, HPKE-wrapped
-    random data key, recipient key id) + the AES-256-GCM chunked stream of
-    :func:`edgepkg.crypto.seal_chunks`. Both the HPKE ``info`` and the stream's associated data
-    are bound to ``aad`` (the model's signed summary). Unsealing unwraps the data key through
-    ``key.exchange`` (the ECDH runs inside the token for a PKCS#11 key).
-    """
-
-    def __init__(self, key: RecipientKey, *, chunk_size: int = 256 * 1024) -> None:
-        if not 4096 <= chunk_size <= 16 << 20:
-            raise SealError("chunk_size must be between 4 KiB and 16 MiB")
-        self._key = key
-        self._chunk_size = chunk_size
-
-    @staticmethod
-    def _info(aad: bytes) -> bytes:
-        return b"edgepkg-slot-seal-v1\n" + aad
-
-    def seal(self, out: BinaryIO, aad: bytes) -> SealingWriter:
-        data_key = crypto.new_data_key()
-        try:
-            wrapped = crypto.wrap_data_key(data_key, self._key.public_key(), self._info(aad))
-        except EdgepkgError as exc:
-            raise SealError(f"cannot seal to the device key: {exc}") from exc
-        header = canonical_json({
-            "chunk_size": self._chunk_size,
-            "key_id": self._key.key_id,
-            "wrapped_key": base64.b64encode(wrapped).decode(),
-            "aead": crypto.AEAD_NAME,
-            "hpke": crypto.HPKE_SUITE_NAME,
-        })
-        out.write(_SEAL_MAGIC + struct.pack(">I", len(header)) + header)
-        return _BundleSealingWriter(out, data_key, aad, self._chunk_size)
-
-    def unseal(self, src: BinaryIO, aad: bytes) -> Iterator[bytes]:
-        head = src.read(len(_SEAL_MAGIC) + 4)
-        if len(head) != len(_SEAL_MAGIC) + 4 or not head.startswith(_SEAL_MAGIC):
-            raise SealError("sealed slot file has no valid header (damaged or not a slot file)")
-        (hlen,) = struct.unpack(">I", head[len(_SEAL_MAGIC):])
-        if hlen > _MAX_SEAL_HEADER:
-            raise SealError("sealed slot header is too large")
-        try:
-            header = json.loads(src.read(hlen))
-            chunk_size = int(header["chunk_size"])
-            wrapped = base64.b64decode(header["wrapped_key"], validate=True)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SealError(f"sealed slot header is malformed: {exc}") from None
-        if not 1 <= chunk_size <= 16 << 20:
-            raise SealError("sealed slot header has a bad chunk size")
-        try:
-            data_key = crypto.unwrap_data_key(wrapped, self._key, self._info(aad))
-            yield from crypto.open_chunks(data_key, src.read, chunk_size, aad)
-        except EdgepkgError as exc:
-            raise SealError(f"sealed slot content does not open with the device key: {exc}") from exc
-
-
-# --- slots -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SlotInfo:
-    """A completely written slot: which model it holds, per its signed summary."""
-
-    name: SlotName
-    summary: ModelSummary
-    sealed_length: int
-    written_at: float
-
-    @property
-    def model(self) -> str:
-        return self.summary.name
-
-    @property
-    def version(self) -> str:
-        return self.summary.version
-
-    @property
-    def sha256(self) -> str:
-        return self.summary.sha256
-
-    @property
-    def format(self) -> str:
-        return self.summary.format
-
-
-@dataclass(frozen=True)
-class SlotState:
-    """One slot as seen by recovery: complete (meta present, sizes right) and, if checked, intact."""
-
-    name: SlotName
-    info: SlotInfo | None  # None: empty or incomplete
-    partial: bool  # an interrupted write left data behind
-    intact: bool  # complete and (deep check) decrypts to the signed sha256
-
-    @property
-    def complete(self) -> bool:
-        return self.info is not None
-
-
-@dataclass(frozen=True)
-class SlotsView:
-    """A snapshot of both slots and the pointer, the plain value ``recovery_action`` decides on."""
-
-    active: SlotName | None
-    slots: Mapping[str, SlotState]
-
-    def intact(self, name: str | None) -> bool:
-        return name is not None and name in self.slots and self.slots[name].intact
-
-    def complete(self, name: str | None) -> bool:
-        return name is not None and name in self.slots and self.slots[name].complete
-
-
 log = logging.getLogger("edge_updater.slots")
-
-
-@dataclass(frozen=True)
-class ReleaseEvidence:
-    """The release-signed manifest (and its signature block) a slot's model came from.
-
-    Kept beside the sealed model and re-verified against the token-held release keys every time
-    the slot is read, so a slot forged by someone who can write the state directory (and knows
-    the device's *public* key, enough to seal) is never activated or served.
-    """
-
-    manifest: bytes
-    signature_block: bytes
-
-    def to_meta(self) -> dict[str, str]:
-        return {"manifest": base64.b64encode(self.manifest).decode(),
-                "signature": base64.b64encode(self.signature_block).decode()}
-
-    @classmethod
-    def from_meta(cls, data: object) -> ReleaseEvidence:
-        if not isinstance(data, Mapping):
-            raise UntrustedDeviceInputError("slot has no release-signed manifest")
-        try:
-            return cls(base64.b64decode(data["manifest"], validate=True),
-                       base64.b64decode(data["signature"], validate=True))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UntrustedDeviceInputError(f"slot release evidence is malformed: {exc}") from None
 
 
 TrustedKeys = Callable[[], Sequence[Any]]

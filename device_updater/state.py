@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from device_updater._fsutil import atomic_write_json, read_limited, remove_durably
 from device_updater.errors import (
@@ -49,7 +49,10 @@ from device_updater.errors import (
     StateError,
     UntrustedDeviceInputError,
 )
-from device_updater.slots import ModelSummary, SlotStore, SlotsView, other_slot
+
+# The plain slot values only: importing the slot store would load the sealer and cryptography
+# into this pure core (tests/device_updater/test_pure_cores.py checks it does not).
+from device_updater.slot_values import ModelSummary, SlotsView, other_slot
 
 log = logging.getLogger(__name__)
 
@@ -635,7 +638,20 @@ class StateStore:
         remove_durably(self._running)
 
 
-def run_recovery(store: StateStore, slots: SlotStore, now: float, *, deep: bool = True,
+class RecoverySlots(Protocol):
+    """What :func:`run_recovery` needs of the slot store (:class:`~device_updater.slots.SlotStore`
+    in production; a small fake in tests)."""
+
+    def view(self, *, deep: bool = False) -> SlotsView: ...
+
+    def active_name(self) -> str | None: ...
+
+    def switch_to(self, name: str) -> object: ...
+
+    def discard(self, name: str) -> None: ...
+
+
+def run_recovery(store: StateStore, slots: RecoverySlots, now: float, *, deep: bool = True,
                  limits: Limits = Limits(), crashed: bool | None = None) -> RecoveryAction:
     """Load the state, decide (:func:`recovery_action`) and apply it; return the action.
 

@@ -18,6 +18,7 @@ the server whether the rollout was aborted meanwhile (not part of this pure logi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -172,7 +173,7 @@ class HealthLog:
         self.path = Path(path)
         self.max_reports = max_reports
 
-    def _lock(self):  # type: ignore[no-untyped-def]
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return file_lock(self.path.with_name(self.path.name + ".lock"))
 

@@ -73,7 +73,8 @@ def _translate(exc: Exception, what: str) -> TufError:
         cause = exc.__cause__ or exc
         return TufTransportError(f"{what}: download failed ({cause})")
     if isinstance(exc, tuf_exc.RepositoryError):
-        return TufVerificationError(f"{what}: TUF verification failed ({exc.__class__.__name__}: {exc})")
+        return TufVerificationError(
+            f"{what}: TUF verification failed ({exc.__class__.__name__}: {exc})")
     if isinstance(exc, OSError):
         return TufError(f"{what}: local storage error ({exc})")
     return TufError(f"{what}: {exc}")
@@ -191,7 +192,8 @@ class DeviceFetcher(FetcherInterface):
             if not content_range.startswith(f"bytes {have}-"):
                 resp.close()
                 part.unlink()
-                raise tuf_exc.DownloadError(f"server answered an unexpected range {content_range!r}")
+                raise tuf_exc.DownloadError(
+                    f"server answered an unexpected range {content_range!r}")
             mode, received = "ab", have
             log.info("resuming download", extra={"url": url, "offset": have})
         else:

@@ -252,3 +252,33 @@ def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
         parts.append(block)
         remaining -= len(block)
     return b"".join(parts)
+
+
+# --- slot sealing (device) -------------------------------------------------------------------
+
+
+class StreamSealer:
+    """Push-style writer of the :func:`seal_chunks` stream, for callers that receive plaintext
+    piece by piece (the device seals a model into its slot as it is downloaded).
+
+    The caller says which chunk is the last; the bytes are exactly those :func:`seal_chunks`
+    makes for the same chunks, so :func:`open_chunks` opens them. After the last chunk the
+    sealer refuses more: a chunk after the authenticated end would never be read back.
+    """
+
+    def __init__(self, data_key: bytes, aad: bytes) -> None:
+        if len(data_key) != DATA_KEY_BYTES:
+            raise KeyError_(f"a data key is {DATA_KEY_BYTES} bytes, got {len(data_key)}")
+        self._aead = AESGCM(data_key)
+        self._aad = aad
+        self._index = 0
+        self._finished = False
+
+    def seal(self, chunk: bytes, *, last: bool) -> bytes:
+        """Encrypt the next chunk; ``last`` marks the end of the stream."""
+        if self._finished:
+            raise TamperedError("the sealed stream already ended; no chunk may follow the last")
+        sealed = self._aead.encrypt(_chunk_nonce(self._index, last), bytes(chunk), self._aad)
+        self._index += 1
+        self._finished = last
+        return sealed

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from device_updater.conformance import main
-from tests.test_device_tuf import RepoServer, TinyRepo
+from tests.device_updater.test_tuf import RepoServer, TinyRepo
 
 
 @pytest.fixture
@@ -107,8 +107,9 @@ def test_download_refuses_tampered_target(tmp_path: Path, repo: TinyRepo,
                  "--target-dir", str(tmp_path / "t"), "download"]) == 1
 
 
-def test_module_entry_point_usage_error_exits_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "device_updater.conformance", "refresh"], check=False,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "."})
+def test_module_entry_point_usage_error_exits_2(tmp_path: Path, repo_root: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "device_updater.conformance", "refresh"],
+                          check=False, capture_output=True, text=True, cwd=repo_root,
+                          env={**os.environ, "PYTHONPATH": str(repo_root)})
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

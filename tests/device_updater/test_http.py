@@ -144,7 +144,7 @@ class _Hostile:
             def log_message(self, *a: object) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 self.send_response(outer.status)
                 self.send_header("Content-Length", str(len(outer.body)))

@@ -81,12 +81,12 @@ while True:
 """
 
 
-def test_queue_survives_sigkill_at_random_instants(tmp_path: Path) -> None:
+def test_queue_survives_sigkill_at_random_instants(tmp_path: Path, repo_root: Path) -> None:
     qdir = tmp_path / "q"
     kills = 0
     for delay in (0.05, 0.11, 0.17, 0.23, 0.31, 0.37):
         p = subprocess.Popen([sys.executable, "-c", _WRITER, str(qdir)], stdout=subprocess.PIPE,
-                             cwd=Path(__file__).resolve().parents[1])
+                             cwd=repo_root)
         time.sleep(delay + 0.3)  # interpreter start-up, then some appends
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
