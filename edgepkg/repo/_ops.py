@@ -16,6 +16,7 @@ from securesystemslib.signer import Signer as SslibSigner
 from tuf.api.metadata import Metadata, MetaFile, Role, Root, Snapshot, Targets, Timestamp
 
 from edgepkg.errors import Error, RepoError, UsageError
+from edgepkg.protocol import release_dir
 
 from . import _keys, _tuf
 from ._config import (
@@ -29,10 +30,9 @@ from ._config import (
     save_config,
 )
 from ._policy import ONLINE_ROLES, TOP_ROLES, needs_resign, parse_duration
+from ._read import REVOKED_FIELD, expiry_report, revoked_entries
 
 log = logging.getLogger(__name__)
-
-REVOKED_FIELD = "x-edgepkg-revoked"
 
 
 class SignerPool:
@@ -274,8 +274,6 @@ def refresh(
 ) -> RefreshResult:
     """Re-sign snapshot and/or timestamp when less than half their lifetime remains (or always
     with ``force``). Idempotent: a second call right after the first changes nothing."""
-    from ._read import expiry_report
-
     for role in roles:
         if role not in ONLINE_ROLES:
             raise UsageError(f"refresh re-signs snapshot and timestamp only, not {role!r}")
@@ -423,13 +421,6 @@ class RevokeResult:
     targets_version: int
 
 
-def revoked_entries(targets: Targets) -> list[dict[str, Any]]:
-    raw = targets.unrecognized_fields.get(REVOKED_FIELD, [])
-    if not isinstance(raw, list):
-        raise RepoError(f"targets field {REVOKED_FIELD} is malformed")
-    return [e for e in raw if isinstance(e, dict)]
-
-
 def revoke(
     repo_dir: str | os.PathLike[str],
     name: str,
@@ -458,7 +449,7 @@ def revoke(
             if info.get("version") == version or base == version:
                 removed.append(path)
                 del targets.targets[path]
-        if not any(p.startswith(f"models/{name}/{version}/") for p in removed):
+        if not any(p.startswith(release_dir(name, version)) for p in removed):
             raise RepoError(f"{name} {version} is not a published release")
         entries.append({"name": name, "version": version, "revoked_at": now.isoformat(), "reason": reason})
         targets.unrecognized_fields[REVOKED_FIELD] = entries

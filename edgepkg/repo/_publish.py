@@ -34,7 +34,7 @@ from edgepkg.errors import BundleError, Error, RepoError, UsageError
 
 from . import _keys, _tuf
 from ._config import PublicKeyEntry, RepoConfig, load_config, save_config
-from ._ops import SignerPool, commit_targets, revoked_entries
+from ._ops import SignerPool, commit_targets
 from ._policy import (
     check_model_name,
     check_newer,
@@ -42,7 +42,7 @@ from ._policy import (
     delta_target_name,
     full_target_name,
 )
-from ._read import ReleaseTarget, releases_from_targets
+from ._read import ReleaseTarget, releases_from_targets, revoked_entries
 
 log = logging.getLogger(__name__)
 

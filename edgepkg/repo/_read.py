@@ -16,6 +16,10 @@ from . import _tuf
 from ._config import RepoConfig, load_config
 from ._policy import TOP_ROLES, ExpiryState, expiry_state, parse_duration
 
+# Revocations are recorded in the signed targets metadata (written by _ops.revoke, read by
+# publish and status); the reader lives here so that _ops depends on _read, never the reverse.
+REVOKED_FIELD = "x-edgepkg-revoked"
+
 
 @dataclass(frozen=True)
 class ReleaseTarget:
@@ -29,6 +33,13 @@ class ReleaseTarget:
     sha256: str  # of the target (bundle) file
     base_version: str | None
     custom: dict[str, Any]
+
+
+def revoked_entries(targets: Targets) -> list[dict[str, Any]]:
+    raw = targets.unrecognized_fields.get(REVOKED_FIELD, [])
+    if not isinstance(raw, list):
+        raise RepoError(f"targets field {REVOKED_FIELD} is malformed")
+    return [e for e in raw if isinstance(e, dict)]
 
 
 def targets_version(repo_dir: str | os.PathLike[str]) -> int:
@@ -89,8 +100,6 @@ def expiry_report(repo_dir: str | os.PathLike[str], config: RepoConfig, now: dat
 
 def status(repo_dir: str | os.PathLike[str], now: datetime | None = None) -> dict[str, Any]:
     """Models, versions, deltas, revocations, each role's version/expiry/keys, and warnings."""
-    from ._ops import revoked_entries
-
     now = _tuf.utc(now)
     config = load_config(repo_dir)
     root, ts, snap, tgt = _tuf.verify_chain(repo_dir)
