@@ -14,7 +14,7 @@ from edgepkg import keys as ekeys
 from edgepkg import repo as erepo
 from edgepkg.bundle import open_plaintext, write_bundle
 from edgepkg.errors import RepoError
-from tests.test_repo_support import make_client, role_keys, write_key, write_public
+from tests.edgepkg._repo_support import make_client, role_keys, write_key, write_public
 
 MB = 1 << 20
 

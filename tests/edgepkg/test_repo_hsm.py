@@ -9,7 +9,7 @@ from tuf.api.metadata import Metadata
 
 from edgepkg import keys as ekeys
 from edgepkg import repo as erepo
-from tests.test_repo_support import make_client, write_key
+from tests.edgepkg._repo_support import make_client, write_key
 
 pytestmark = pytest.mark.softhsm
 

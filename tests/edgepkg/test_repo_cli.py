@@ -10,7 +10,7 @@ import pytest
 from edgepkg import keys as ekeys
 from edgepkg.bundle import write_bundle
 from edgepkg.cli import main
-from tests.test_repo_support import make_client, write_key, write_public
+from tests.edgepkg._repo_support import make_client, write_key, write_public
 
 
 @pytest.fixture()

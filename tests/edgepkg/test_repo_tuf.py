@@ -12,7 +12,7 @@ from tuf.api.metadata import Metadata
 
 from edgepkg import repo as erepo
 from edgepkg.errors import RepoError, UsageError
-from tests.test_repo_support import make_client, role_keys, write_key
+from tests.edgepkg._repo_support import make_client, role_keys, write_key
 
 
 @pytest.fixture()
