@@ -252,3 +252,12 @@ def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
         parts.append(block)
         remaining -= len(block)
     return b"".join(parts)
+
+
+# --- key type names (edgepkg keys wing) -------------------------------------------------------
+# Modules outside the crypto door name key types (annotations, isinstance checks) through these
+# aliases, so that they need not import cryptography.hazmat themselves.
+Ed25519PublicKey = ed25519.Ed25519PublicKey
+Ed25519PrivateKey = ed25519.Ed25519PrivateKey
+EllipticCurvePublicKey = ec.EllipticCurvePublicKey
+EllipticCurvePrivateKey = ec.EllipticCurvePrivateKey
