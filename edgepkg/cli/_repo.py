@@ -29,10 +29,15 @@ def _role_pairs(values: list[str], what: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     repo = sub.add_parser("repo", help="manage the TUF release repository")
     rsub = repo.add_subparsers(dest="repo_command", metavar="COMMAND", parser_class=type(repo))
-    repo.set_defaults(func=lambda args: (repo.print_help(sys.stderr), 2)[1])
+
+    def _usage(args: argparse.Namespace) -> int:
+        repo.print_help(sys.stderr)
+        return 2
+
+    repo.set_defaults(func=_usage)
 
     p = rsub.add_parser("init", help="create a repository: root, targets, snapshot, timestamp v1")
     p.add_argument("repo", help="repository directory (metadata/ and targets/ are created)")

@@ -46,8 +46,12 @@ if TYPE_CHECKING:  # the names, for type checkers and readers; loaded on first u
         make_delta,
         read_delta_header,
     )
-    from edgepkg.delta._format import DeltaHeader
-    from edgepkg.delta._io import DeltaBaseError
+    from edgepkg.delta._format import (
+        DeltaHeader,
+    )
+    from edgepkg.delta._io import (
+        DeltaBaseError,
+    )
 
 _WHERE = {
     "DEFAULT_MAX_BSDIFF_BYTES": "_api",
@@ -64,7 +68,20 @@ _WHERE = {
     "read_delta_header": "_api",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "ChunkStream",
+    "DEFAULT_MAX_BSDIFF_BYTES",
+    "DEFAULT_MAX_ZWINDOW_BYTES",
+    "DeltaBaseError",
+    "DeltaHeader",
+    "DeltaResult",
+    "METHODS",
+    "apply_delta",
+    "apply_delta_to",
+    "delta_method_bounds",
+    "make_delta",
+    "read_delta_header",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from edgepkg._atomic import atomic_output
 from edgepkg.delta import _bsdiff, _tensor, _zwindow
@@ -309,7 +309,7 @@ def apply_delta(
         if isinstance(delta, (str, os.PathLike)):
             stream: BinaryIO = stack.enter_context(open(delta, "rb"))
         elif isinstance(delta, io.RawIOBase):  # raw reads may return short: buffer them
-            stream = io.BufferedReader(delta, BUF)  # type: ignore[assignment]
+            stream = io.BufferedReader(delta, BUF)
         else:
             stream = delta
         out = stack.enter_context(atomic_output(out_path))
@@ -387,7 +387,8 @@ def _decode_body(
         _apply_bsdiff(old, stream, writer, limit, spool_dir)
         return
     decode = _tensor.apply if method == "tensor" else _zwindow.apply
-    decode(old, _Counted(stream, limit), writer)  # type: ignore[arg-type]
+    # The decoders only call .read(): the counting view stands in for the stream.
+    decode(old, cast(BinaryIO, _Counted(stream, limit)), writer)
     if stream.read(1):
         raise DeltaError("delta has trailing data after its end marker (corrupt)")
 
@@ -445,7 +446,7 @@ def _apply_bsdiff(
         end = stream.seek(0, os.SEEK_END)
         if end - start > limit:
             raise TooLargeError("delta is larger than the allowed maximum")
-        _bsdiff.apply(old, stream, start, end - start, writer)  # type: ignore[arg-type]
+        _bsdiff.apply(old, stream, start, end - start, writer)
         return
     # bsdiff reads three blocks at once: spool a non-seekable stream to a temp file first
     with tempfile.TemporaryFile(dir=spool_dir) as spool:
@@ -455,7 +456,7 @@ def _apply_bsdiff(
             if n > limit:
                 raise TooLargeError("delta is larger than the allowed maximum")
             spool.write(chunk)
-        _bsdiff.apply(old, spool, 0, n, writer)  # type: ignore[arg-type]
+        _bsdiff.apply(old, spool, 0, n, writer)
 
 
 assert set(METHODS) == set(METHOD_IDS)

@@ -13,10 +13,11 @@ from edgepkg.crypto import (
     Ed25519PublicKey,
     EllipticCurvePrivateKey,
     EllipticCurvePublicKey,
+    public_key_id,
 )
 from edgepkg.errors import KeyError_
 from edgepkg.keys import _pkcs11, _software
-from edgepkg.keys._software import public_key_id, public_key_pem
+from edgepkg.keys._software import public_key_pem
 from edgepkg.keys._types import PublicKey, RecipientKey, Signer
 from edgepkg.keys._uri import Pkcs11Uri, is_pkcs11_uri, parse_pkcs11_uri, resolve_pin
 

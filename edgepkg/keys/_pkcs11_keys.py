@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgepkg.crypto import public_key_id
 from edgepkg.errors import HSMError, KeyError_
 from edgepkg.keys._pkcs11_objects import (
     _find_one,
@@ -22,7 +23,6 @@ from edgepkg.keys._pkcs11_session import P256_PARAMS, module_for
 from edgepkg.keys._software import (
     check_ecdh_peer,
     ec_point_to_public_key,
-    public_key_id,
     raw_to_der_signature,
     sha256,
     uncompressed_point,

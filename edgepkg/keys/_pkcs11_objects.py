@@ -144,7 +144,9 @@ class _KeyHandle:
         return self.module.run(self.uri, self.pin, op)
 
 
-def _open_private(uri: Pkcs11Uri, pin: str | None, purpose: str) -> tuple[_KeyHandle, Any]:
+def _open_private(
+    uri: Pkcs11Uri, pin: str | None, purpose: str
+) -> tuple[_KeyHandle, ec.EllipticCurvePublicKey]:
     _check_type(uri, "private")
     resolved = resolve_pin(uri, pin)
     if resolved is None:

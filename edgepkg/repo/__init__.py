@@ -15,7 +15,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names, for type checkers and readers; loaded on first use below
-    from ._config import RepoConfig, load_config
+    from ._config import (
+        RepoConfig,
+        load_config,
+    )
     from ._ops import (
         REFRESH_CRITICAL,
         REFRESH_OK,
@@ -29,8 +32,19 @@ if TYPE_CHECKING:  # the names, for type checkers and readers; loaded on first u
         revoke,
         rotate,
     )
-    from ._publish import PublishedTarget, PublishRefusedError, PublishResult, publish
-    from ._read import ReleaseTarget, list_releases, status, target_file, targets_version
+    from ._publish import (
+        PublishedTarget,
+        PublishRefusedError,
+        PublishResult,
+        publish,
+    )
+    from ._read import (
+        ReleaseTarget,
+        list_releases,
+        status,
+        target_file,
+        targets_version,
+    )
 
 _WHERE = {
     "REFRESH_CRITICAL": "_ops",
@@ -57,7 +71,30 @@ _WHERE = {
     "targets_version": "_read",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "REFRESH_CRITICAL",
+    "REFRESH_OK",
+    "REFRESH_WARNING",
+    "InitResult",
+    "PublishRefusedError",
+    "PublishResult",
+    "PublishedTarget",
+    "RefreshResult",
+    "ReleaseTarget",
+    "RepoConfig",
+    "RevokeResult",
+    "RotateResult",
+    "init_repo",
+    "list_releases",
+    "load_config",
+    "publish",
+    "refresh",
+    "revoke",
+    "rotate",
+    "status",
+    "target_file",
+    "targets_version",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -63,7 +63,7 @@ class SignerPool:
         return _tuf.signers_for(role, root, available)
 
 
-def _sign(md: Metadata, signers: Sequence[SslibSigner], delegators: Sequence[Root], pool: SignerPool) -> None:
+def _sign(md: Metadata[Any], signers: Sequence[SslibSigner], delegators: Sequence[Root], pool: SignerPool) -> None:
     try:
         _tuf.sign(md, signers, delegators)
     except RepoError as exc:
@@ -155,9 +155,9 @@ def init_repo(
     )
     if release_signer is not None:
         signer = _keys.load_bundle_signer(release_signer, env)
-        sid = _keys.key_id(signer.public_key())  # type: ignore[attr-defined]
+        sid = _keys.key_id(signer.public_key())
         if sid not in {k.keyid for k in config.release_keys}:
-            config.release_keys.append(PublicKeyEntry(sid, _keys.public_pem(signer.public_key())))  # type: ignore[attr-defined]
+            config.release_keys.append(PublicKeyEntry(sid, _keys.public_pem(signer.public_key())))
     if archive_key is not None:
         pub = _keys.public_key_from_ref(archive_key)
         config.archive_key = KeyRef(_keys.key_id(pub), archive_key)
@@ -385,7 +385,7 @@ def rotate(
         _sign(new_root_md, [s for k, s in root_signers.items() if k in wanted], [old_root, new_root], pool)
 
         # Re-sign what the rotated role covers, with the new root's keys.
-        pending: list[Metadata] = []
+        pending: list[Metadata[Any]] = []
         new_tgt, new_snap, new_ts = copy.deepcopy(tgt_md), copy.deepcopy(snap_md), copy.deepcopy(ts_md)
         if role == "targets":
             new_tgt.signed.version += 1

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from securesystemslib.signer import Signer as SslibSigner
 from tuf.api.exceptions import UnsignedMetadataError
@@ -64,7 +65,7 @@ def _read_limited(path: Path) -> bytes:
     return data
 
 
-def _parse(path: Path, expected: type[Signed]) -> Metadata:
+def _parse(path: Path, expected: type[Signed]) -> Metadata[Any]:
     try:
         md = Metadata.from_bytes(_read_limited(path))
     except DeserializationError as exc:
@@ -115,12 +116,12 @@ def load_targets(repo_dir: str | os.PathLike[str], snapshot: Metadata[Snapshot] 
     return _parse(metadata_dir(repo_dir) / f"{meta.version}.targets.json", Targets)
 
 
-def to_bytes(md: Metadata) -> bytes:
+def to_bytes(md: Metadata[Any]) -> bytes:
     return md.to_bytes(_SERIALIZER)
 
 
 def sign(
-    md: Metadata,
+    md: Metadata[Any],
     signers: Sequence[SslibSigner],
     delegators: Sequence[Root],
 ) -> None:
@@ -148,7 +149,7 @@ def write_root(repo_dir: str | os.PathLike[str], md: Metadata[Root]) -> None:
     atomic_write_bytes(mdir / "root.json", data)
 
 
-def write_versioned(repo_dir: str | os.PathLike[str], md: Metadata) -> MetaFile:
+def write_versioned(repo_dir: str | os.PathLike[str], md: Metadata[Any]) -> MetaFile:
     data = to_bytes(md)
     atomic_write_bytes(metadata_dir(repo_dir) / f"{md.signed.version}.{md.signed.type}.json", data)
     return MetaFile(version=md.signed.version)
