@@ -108,8 +108,10 @@ class Manifest:
         need(isinstance(self.name, str) and bool(_NAME_RE.match(self.name)), "name")
         need(is_version(self.version), "version")
         need(self.format in FORMATS, "format")
-        need(isinstance(self.plaintext_sha256, str) and bool(_HEX64_RE.match(self.plaintext_sha256)),
-             "plaintext_sha256")
+        need(
+            isinstance(self.plaintext_sha256, str) and bool(_HEX64_RE.match(self.plaintext_sha256)),
+            "plaintext_sha256",
+        )
         need(_is_int(self.plaintext_length) and self.plaintext_length >= 0, "plaintext_length")
         need(isinstance(self.created_at, str), "created_at")
         need(isinstance(self.requirements, dict), "requirements")
@@ -168,7 +170,9 @@ class Manifest:
         numbers become decimal strings. Devices take the policy from the signed manifest."""
         out = self.summary()
         if out["policy"]:
-            out["policy"] = {k: v if isinstance(v, str) else repr(v) for k, v in out["policy"].items()}
+            out["policy"] = {
+                k: v if isinstance(v, str) else repr(v) for k, v in out["policy"].items()
+            }
         return out
 
 

@@ -8,7 +8,8 @@ Release side::
 Device side::
 
     apply_delta(old_path, delta_path_or_stream, out_path,
-                expected_sha256=manifest.plaintext_sha256, expected_length=manifest.plaintext_length)
+                expected_sha256=manifest.plaintext_sha256,
+                expected_length=manifest.plaintext_length)
 
 A delta file is self-describing (see ``_format``): magic, format version, method, base and target
 length + SHA-256, then the method's stream.  Methods:
@@ -69,13 +70,13 @@ _WHERE = {
 }
 
 __all__ = [
-    "ChunkStream",
     "DEFAULT_MAX_BSDIFF_BYTES",
     "DEFAULT_MAX_ZWINDOW_BYTES",
+    "METHODS",
+    "ChunkStream",
     "DeltaBaseError",
     "DeltaHeader",
     "DeltaResult",
-    "METHODS",
     "apply_delta",
     "apply_delta_to",
     "delta_method_bounds",

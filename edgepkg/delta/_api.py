@@ -78,7 +78,9 @@ def delta_method_bounds() -> dict[str, str]:
     """The memory each method needs to *apply* a delta, at any file size."""
     return {
         "tensor": "~10 MB: one 1 MiB chunk of residual, base bytes and output + zstd state",
-        "zstd-window": "~45 MB: a <= 8 MiB base dictionary + <= 16 MiB zstd window per 4 MiB segment",
+        "zstd-window": (
+            "~45 MB: a <= 8 MiB base dictionary + <= 16 MiB zstd window per 4 MiB segment"
+        ),
         "bsdiff": "~10 MB: three bz2 streams read by seek (bz2 state ~4 MB), 1 MiB buffers",
     }
 

@@ -75,7 +75,9 @@ class ExpiryState:
 def expiry_state(role: str, expires: datetime, lifetime: timedelta, now: datetime) -> ExpiryState:
     remaining = expires - now
     # Offline roles (root, targets) warn a long way ahead: a person has to act.
-    margin = refresh_margin(lifetime) if role in ONLINE_ROLES else min(lifetime / 4, timedelta(days=30))
+    margin = (
+        refresh_margin(lifetime) if role in ONLINE_ROLES else min(lifetime / 4, timedelta(days=30))
+    )
     return ExpiryState(role, expires, remaining, remaining <= timedelta(0), remaining <= margin)
 
 

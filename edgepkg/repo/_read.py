@@ -61,7 +61,11 @@ def releases_from_targets(targets: Targets) -> list[ReleaseTarget]:
         if not isinstance(info, dict):
             continue
         name, version, kind = info.get("name"), info.get("version"), info.get("kind")
-        if not isinstance(name, str) or not isinstance(version, str) or kind not in ("full", "delta"):
+        if (
+            not isinstance(name, str)
+            or not isinstance(version, str)
+            or kind not in ("full", "delta")
+        ):
             continue
         delta = info.get("delta")
         base = delta.get("base_version") if isinstance(delta, dict) else None
@@ -86,12 +90,19 @@ def target_file(repo_dir: str | os.PathLike[str], release: ReleaseTarget) -> Pat
     return _tuf.targets_dir(repo_dir) / parent / f"{release.sha256}.{fname}"
 
 
-def expiry_report(repo_dir: str | os.PathLike[str], config: RepoConfig, now: datetime) -> list[ExpiryState]:
+def expiry_report(
+    repo_dir: str | os.PathLike[str], config: RepoConfig, now: datetime
+) -> list[ExpiryState]:
     root = _tuf.load_root(repo_dir)
     ts = _tuf.load_timestamp(repo_dir)
     snap = _tuf.load_snapshot(repo_dir, ts)
     tgt = _tuf.load_targets(repo_dir, snap)
-    mds: dict[str, Metadata[Any]] = {"root": root, "targets": tgt, "snapshot": snap, "timestamp": ts}
+    mds: dict[str, Metadata[Any]] = {
+        "root": root,
+        "targets": tgt,
+        "snapshot": snap,
+        "timestamp": ts,
+    }
     return [
         expiry_state(role, mds[role].signed.expires, parse_duration(config.role(role).expires), now)
         for role in TOP_ROLES
@@ -103,7 +114,12 @@ def status(repo_dir: str | os.PathLike[str], now: datetime | None = None) -> dic
     now = _tuf.utc(now)
     config = load_config(repo_dir)
     root, ts, snap, tgt = _tuf.verify_chain(repo_dir)
-    mds: dict[str, Metadata[Any]] = {"root": root, "targets": tgt, "snapshot": snap, "timestamp": ts}
+    mds: dict[str, Metadata[Any]] = {
+        "root": root,
+        "targets": tgt,
+        "snapshot": snap,
+        "timestamp": ts,
+    }
     roles: dict[str, Any] = {}
     warnings: list[str] = []
     for state in expiry_report(repo_dir, config, now):

@@ -4,11 +4,14 @@ only the crypto and keystore modules import ``cryptography`` (DESIGN.md §7 and 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 PACKAGES = ("edgepkg", "update_server", "device_updater")
 
@@ -193,3 +196,14 @@ def test_only_the_crypto_door_imports_cryptography(repo_root: Path) -> None:
     assert offenders == [], (
         f"{offenders} import cryptography: add the helper to edgepkg/crypto.py and call that"
     )
+
+
+def test_lazy_packages_resolve_every_exported_name() -> None:
+    # edgepkg.repo and edgepkg.delta load their modules on first use: every name they
+    # export must still be there, and an unknown name must fail like a normal module's.
+    for package in ("edgepkg.repo", "edgepkg.delta"):
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{package}.{name}"
+        with pytest.raises(AttributeError):
+            module.no_such_name  # noqa: B018 - the attribute access is the test
