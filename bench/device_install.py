@@ -124,7 +124,9 @@ def child(args: argparse.Namespace) -> None:
     t_fetch = time.perf_counter() - t0
     info = verify_bundle(path, trusted)
     summary = ModelSummary.from_mapping(info.manifest.summary())
-    if info.manifest.delta:  # the candidate is the full release's summary (TUF custom in the daemon)
+    if (
+        info.manifest.delta
+    ):  # the candidate is the full release's summary (TUF custom in the daemon)
         summary = ModelSummary.from_mapping(json.loads((work / "v2.summary.json").read_text()))
     keys = [ks.recipient_key()]
     if args.kind == "full":

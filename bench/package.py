@@ -126,9 +126,9 @@ def _sha_time(path: Path) -> float:
 def make_keys(work: Path) -> dict[str, Path]:
     env = dict(os.environ, EDGEPKG_ALLOW_FILE_KEYS="1")
     kdir = work / "keys"
-    subprocess.run(EDGEPKG + ["keys", "create", "release", "--kind", "signing", "--dir", str(kdir)],
+    subprocess.run([*EDGEPKG, "keys", "create", "release", "--kind", "signing", "--dir", str(kdir)],
                    check=True, stdout=subprocess.DEVNULL, env=env)
-    subprocess.run(EDGEPKG + ["keys", "create", "fleet", "--kind", "recipient", "--dir", str(kdir)],
+    subprocess.run([*EDGEPKG, "keys", "create", "fleet", "--kind", "recipient", "--dir", str(kdir)],
                    check=True, stdout=subprocess.DEVNULL, env=env)
     found = {p.name: p for p in kdir.iterdir()}
 

@@ -40,14 +40,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as a script from the checkout: the imports below need ROOT on sys.path first (E402).
 sys.path.insert(0, str(ROOT))
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import serialization  # noqa: E402
 
-from update_server import schema
-from update_server._crypto import new_device_key, public_key_id, public_pem
-from update_server.db import Database, utcnow
-from update_server.models import Device
+from update_server import schema  # noqa: E402
+from update_server._crypto import new_device_key, public_key_id, public_pem  # noqa: E402
+from update_server.db import Database, utcnow  # noqa: E402
+from update_server.models import Device  # noqa: E402
 
 CHECKIN_SHARE = 0.8
 

@@ -39,7 +39,7 @@ class BackgroundWriter:
                     if self.digest is not None:
                         self.digest.update(block)
                     self._fh.write(block)  # type: ignore[call-overload]
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                except BaseException as exc:
                     self._error = exc
 
     def write(self, block: bytes) -> None:

@@ -282,3 +282,12 @@ class StreamSealer:
         self._index += 1
         self._finished = last
         return sealed
+
+
+# --- key type names (edgepkg keys wing) -------------------------------------------------------
+# Modules outside the crypto door name key types (annotations, isinstance checks) through these
+# aliases, so that they need not import cryptography.hazmat themselves.
+Ed25519PublicKey = ed25519.Ed25519PublicKey
+Ed25519PrivateKey = ed25519.Ed25519PrivateKey
+EllipticCurvePublicKey = ec.EllipticCurvePublicKey
+EllipticCurvePrivateKey = ec.EllipticCurvePrivateKey

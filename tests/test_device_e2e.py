@@ -33,7 +33,7 @@ from edgepkg import keys as ekeys
 from edgepkg import repo as erepo
 from edgepkg.bundle import package_model
 from edgepkg.formats.build import blobs_dataset, onnx_mlp_classifier, train_mlp
-from tests.test_repo_support import role_keys, write_key, write_public
+from tests.edgepkg._repo_support import role_keys, write_key, write_public
 
 MODEL = "clf"
 POLICY = {"metric": "top1_accuracy", "max_regression": 0.02}

@@ -138,7 +138,9 @@ def read_header(fh: BinaryIO) -> Header:
         keyid = _read(fh, 32, "recipient key id").hex()
         (length,) = struct.unpack(">H", _read(fh, 2, "wrapped key length"))
         if length != WRAPPED_KEY_BYTES:
-            raise TamperedError(f"wrapped data key has length {length}, expected {WRAPPED_KEY_BYTES}")
+            raise TamperedError(
+                f"wrapped data key has length {length}, expected {WRAPPED_KEY_BYTES}"
+            )
         if keyid in wrapped:
             raise TamperedError("a recipient appears twice")
         wrapped[keyid] = _read(fh, length, "wrapped key")

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgepkg.errors import BundleError, TooLargeError, UsageError
+from edgepkg.protocol import InvalidVersionError, is_version, version_key
 
 MANIFEST_SCHEMA = 1
 MAX_MANIFEST_BYTES = 1 << 20
@@ -17,24 +18,19 @@ POLICY_KEYS = ("metric", "min", "max_regression", "max_latency_ratio")
 DELTA_KEYS = ("base_version", "base_sha256", "target_sha256", "target_length", "method")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_SEMVER_RE = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def parse_version(version: str) -> tuple[Any, ...]:
-    """A sort key for a semantic version (SemVer 2.0.0 precedence; build metadata ignored)."""
-    m = _SEMVER_RE.match(version)
-    if not m:
-        raise UsageError(f"{version!r} is not a semantic version (expected e.g. 1.4.0 or 2.0.0-rc.1)")
-    major, minor, patch, pre = int(m[1]), int(m[2]), int(m[3]), m[4]
-    if pre is None:
-        return (major, minor, patch, 1, ())
-    ids = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
-    return (major, minor, patch, 0, ids)
+    """A sort key for a semantic version (SemVer 2.0.0 precedence; build metadata ignored).
+
+    The parser is :mod:`edgepkg.protocol`'s (one copy for every wing); a bad version is a
+    :class:`UsageError` here because it comes from the person packaging a release.
+    """
+    try:
+        return version_key(version)
+    except InvalidVersionError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_name(name: str) -> str:
@@ -110,10 +106,12 @@ class Manifest:
 
         need(self.schema == MANIFEST_SCHEMA, f"schema ({self.schema}; this build reads 1)")
         need(isinstance(self.name, str) and bool(_NAME_RE.match(self.name)), "name")
-        need(isinstance(self.version, str) and bool(_SEMVER_RE.match(self.version)), "version")
+        need(is_version(self.version), "version")
         need(self.format in FORMATS, "format")
-        need(isinstance(self.plaintext_sha256, str) and bool(_HEX64_RE.match(self.plaintext_sha256)),
-             "plaintext_sha256")
+        need(
+            isinstance(self.plaintext_sha256, str) and bool(_HEX64_RE.match(self.plaintext_sha256)),
+            "plaintext_sha256",
+        )
         need(_is_int(self.plaintext_length) and self.plaintext_length >= 0, "plaintext_length")
         need(isinstance(self.created_at, str), "created_at")
         need(isinstance(self.requirements, dict), "requirements")
@@ -127,7 +125,7 @@ class Manifest:
             need(isinstance(self.policy, dict) and set(self.policy) <= set(POLICY_KEYS), "policy")
         if self.delta is not None:
             need(isinstance(self.delta, dict) and set(self.delta) == set(DELTA_KEYS), "delta")
-            need(bool(_SEMVER_RE.match(str(self.delta["base_version"]))), "delta.base_version")
+            need(is_version(self.delta["base_version"]), "delta.base_version")
             for key in ("base_sha256", "target_sha256"):
                 need(bool(_HEX64_RE.match(str(self.delta[key]))), f"delta.{key}")
             need(_is_int(self.delta["target_length"]), "delta.target_length")
@@ -172,7 +170,9 @@ class Manifest:
         numbers become decimal strings. Devices take the policy from the signed manifest."""
         out = self.summary()
         if out["policy"]:
-            out["policy"] = {k: v if isinstance(v, str) else repr(v) for k, v in out["policy"].items()}
+            out["policy"] = {
+                k: v if isinstance(v, str) else repr(v) for k, v in out["policy"].items()
+            }
         return out
 
 

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Package, sign, encrypt and publish edge AI models for over-the-air updates.",
     )
     parser.add_argument("--version", action="version", version=f"edgepkg {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show tracebacks and debug logs"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
         try:

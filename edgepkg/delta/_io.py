@@ -32,7 +32,8 @@ class BoundedWriter:
         n = len(data)
         if self.count + n > self.limit:
             raise TooLargeError(
-                f"delta produces more than the expected {self.limit} bytes (refusing: possible bomb)"
+                f"delta produces more than the expected {self.limit} bytes "
+                "(refusing: possible bomb)"
             )
         self._sha.update(data)
         self._fh.write(data)

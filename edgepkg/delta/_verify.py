@@ -99,7 +99,7 @@ class PipelinedVerifier:
             if writer.count != self._new_len or expected.read(1):
                 raise DeltaError(f"verification failed: the delta rebuilds {writer.count} "
                                  f"bytes, the new file has {self._new_len}")
-        except Exception as exc:  # noqa: BLE001  (re-raised by finish(); drain so feeders go on)
+        except Exception as exc:
             self.error = exc
         finally:  # drain both queues together: the feeder may be blocked on either
             while not (stream.eof and expected.eof):

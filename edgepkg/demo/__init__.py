@@ -73,7 +73,8 @@ def run_demo(config: DemoConfig) -> DemoReport:
         if keys.custody == "softhsm2":
             custody = (
                 f"SoftHSM2 (PKCS#11, {module}): TUF roles, release signing key and "
-                f"release-archive key in token 'edgepkg-release'; every device has its own token (own SOFTHSM2_CONF)"
+                f"release-archive key in token 'edgepkg-release'; every device has its own token "
+                "(own SOFTHSM2_CONF)"
             )
         else:
             custody = (
@@ -233,7 +234,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
             _serve_until_interrupted(procs)
     except (Interrupted, KeyboardInterrupt) as exc:
         report.error = f"interrupted ({exc or 'Ctrl-C'})"
-    except Exception as exc:  # noqa: BLE001 - reported, and every child is stopped below
+    except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
     finally:
         report.key_custody = custody

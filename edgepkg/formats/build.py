@@ -75,7 +75,8 @@ def mlp_forward(weights: Weights, x: np.ndarray) -> np.ndarray:
         if i < len(layers) - 1:
             h = np.maximum(h, 0)
     e = np.exp(h - h.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def blobs_dataset(
@@ -182,7 +183,8 @@ def _quant_params(lo: float, hi: float) -> tuple[float, int]:
 def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """Float -> int8 with a tensor's (scale, zero_point), as TFLite expects."""
     q = np.round(np.asarray(x, np.float32) / scale) + zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
+    out: np.ndarray = np.clip(q, -128, 127).astype(np.int8)
+    return out
 
 
 def tflite_mlp_classifier(

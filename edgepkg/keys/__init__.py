@@ -12,6 +12,7 @@ Key ids are the hex SHA-256 of the DER SubjectPublicKeyInfo (:func:`public_key_i
 
 from __future__ import annotations
 
+from edgepkg.crypto import public_key_id, verify_signature
 from edgepkg.keys._api import (
     DEFAULT_KEY_DIR,
     CreatedKey,
@@ -38,9 +39,7 @@ from edgepkg.keys._software import (
     FileRecipientKey,
     FileSigner,
     algorithm_of,
-    public_key_id,
     public_key_pem,
-    verify_signature,
 )
 from edgepkg.keys._types import PublicKey, RecipientKey, Signer, SigningAlgorithm
 from edgepkg.keys._uri import (

@@ -7,12 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
 from edgepkg._atomic import atomic_write_bytes
+from edgepkg.crypto import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+    EllipticCurvePrivateKey,
+    EllipticCurvePublicKey,
+    public_key_id,
+)
 from edgepkg.errors import KeyError_
 from edgepkg.keys import _pkcs11, _software
-from edgepkg.keys._software import public_key_id, public_key_pem
+from edgepkg.keys._software import public_key_pem
 from edgepkg.keys._types import PublicKey, RecipientKey, Signer
 from edgepkg.keys._uri import Pkcs11Uri, is_pkcs11_uri, parse_pkcs11_uri, resolve_pin
 
@@ -38,7 +43,7 @@ def _pem_of(ref: KeyRef) -> tuple[bytes, str]:
 
 def load_public_key(ref: KeyRef | PublicKey, *, pin: str | None = None) -> PublicKey:
     """A public key from a PEM path / PEM bytes (public or private PEM) or a ``pkcs11:`` URI."""
-    if isinstance(ref, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+    if isinstance(ref, Ed25519PublicKey | EllipticCurvePublicKey):
         return _software.check_public_key(ref)
     if isinstance(ref, str) and is_pkcs11_uri(ref):
         return _pkcs11.load_token_public_key(parse_pkcs11_uri(ref), pin=pin)
@@ -65,7 +70,7 @@ def load_signer(ref: KeyRef | Signer, *, pin: str | None = None) -> Signer:
     if isinstance(ref, str) and is_pkcs11_uri(ref):
         return _pkcs11.Pkcs11Signer(parse_pkcs11_uri(ref), pin=pin)
     key, where = _load_private(ref, pin)
-    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+    if not isinstance(key, Ed25519PrivateKey | EllipticCurvePrivateKey):
         raise KeyError_(f"{where} is a {type(key).__name__}: signing keys are Ed25519 or P-256")
     return _software.FileSigner(key, where)
 
@@ -77,7 +82,7 @@ def load_recipient_key(ref: KeyRef | RecipientKey, *, pin: str | None = None) ->
     if isinstance(ref, str) and is_pkcs11_uri(ref):
         return _pkcs11.Pkcs11RecipientKey(parse_pkcs11_uri(ref), pin=pin)
     key, where = _load_private(ref, pin)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
+    if not isinstance(key, EllipticCurvePrivateKey):
         raise KeyError_(
             f"{where} is a {type(key).__name__}: recipient keys must be P-256 (ECDH for HPKE)"
         )
@@ -243,7 +248,7 @@ def generate_token_keypair(
     pin: str | None = None,
     key_type: str = "ec-p256",
     usage: Literal["sign", "derive", "both"] = "both",
-) -> ec.EllipticCurvePublicKey:
+) -> EllipticCurvePublicKey:
     """Generate a non-extractable P-256 key pair labelled ``label`` inside the token.
 
     ``usage="both"`` (default) suits a device key: it signs requests (ECDSA) and is the HPKE

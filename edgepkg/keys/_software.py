@@ -12,7 +12,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from edgepkg.crypto import public_key_id, signing_algorithm, verify_signature  # noqa: F401 (re-exported)
+from edgepkg.crypto import public_key_id, signing_algorithm
 from edgepkg.errors import KeyError_
 from edgepkg.keys._types import PublicKey, SigningAlgorithm
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import Literal, Protocol, runtime_checkable
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from edgepkg.crypto import (
+    Ed25519PublicKey,
+    EllipticCurvePrivateKey,
+    EllipticCurvePublicKey,
+)
 
 SigningAlgorithm = Literal["ed25519", "ecdsa-p256-sha256"]
-PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+PublicKey = Ed25519PublicKey | EllipticCurvePublicKey
 
 
 @runtime_checkable
@@ -41,12 +45,12 @@ class RecipientKey(Protocol):
     @property
     def key_id(self) -> str: ...
 
-    def public_key(self) -> ec.EllipticCurvePublicKey: ...
+    def public_key(self) -> EllipticCurvePublicKey: ...
 
-    def exchange(self, peer: ec.EllipticCurvePublicKey) -> bytes:
+    def exchange(self, peer: EllipticCurvePublicKey) -> bytes:
         """Raw ECDH shared secret (the 32-byte x coordinate), computed where the key lives."""
         ...
 
-    def software_private_key(self) -> ec.EllipticCurvePrivateKey | None:
+    def software_private_key(self) -> EllipticCurvePrivateKey | None:
         """The private key object when it lives in software (a file key), else ``None``."""
         ...

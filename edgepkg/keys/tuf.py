@@ -25,9 +25,9 @@ from securesystemslib.signer import (
 )
 from securesystemslib.signer import Signer as _TufSignerBase
 
+from edgepkg.crypto import public_key_id
 from edgepkg.errors import KeyError_
 from edgepkg.keys._api import load_signer
-from edgepkg.keys._software import public_key_id
 from edgepkg.keys._types import PublicKey, Signer
 from edgepkg.keys._uri import is_pkcs11_uri, parse_pkcs11_uri, resolve_pin
 

@@ -323,8 +323,11 @@ def parse_event(raw: Any, index: int, *, max_details_bytes: int = 16384) -> Even
     _need(model is None or (isinstance(model, str) and bool(MODEL_NAME_RE.match(model))),
           f"{where}.model is invalid", f"{where}.model")
     version = raw.get("version")
-    _need(version is None or (isinstance(version, str) and bool(REPORTED_VERSION_RE.match(version))),
-          f"{where}.version is invalid", f"{where}.version")
+    _need(
+        version is None or (isinstance(version, str) and bool(REPORTED_VERSION_RE.match(version))),
+        f"{where}.version is invalid",
+        f"{where}.version",
+    )
     rollout_id = raw.get("rollout_id")
     _need(rollout_id is None
           or (isinstance(rollout_id, str) and bool(ROLLOUT_ID_RE.match(rollout_id))),
@@ -335,5 +338,12 @@ def parse_event(raw: Any, index: int, *, max_details_bytes: int = 16384) -> Even
     _need(isinstance(details, dict), "'details' must be a JSON object", f"{where}.details")
     _need(len(json.dumps(details)) <= max_details_bytes,
           f"'details' is larger than {max_details_bytes} bytes", f"{where}.details")
-    return Event(id=str(event_id), type=str(etype), time=parse_time(raw.get("time"), f"{where}.time"),
-                 model=model, version=version, rollout_id=rollout_id, details=details)
+    return Event(
+        id=str(event_id),
+        type=str(etype),
+        time=parse_time(raw.get("time"), f"{where}.time"),
+        model=model,
+        version=version,
+        rollout_id=rollout_id,
+        details=details,
+    )

@@ -41,7 +41,9 @@ class Version:
     @classmethod
     def parse(cls, text: str) -> Version:
         if not isinstance(text, str) or len(text) > MAX_VERSION_CHARS:
-            raise InvalidVersionError(f"{str(text)[:80]!r} is not a semantic version", field="version")
+            raise InvalidVersionError(
+                f"{str(text)[:80]!r} is not a semantic version", field="version"
+            )
         m = _SEMVER_RE.match(text)
         if m is None:
             raise InvalidVersionError(

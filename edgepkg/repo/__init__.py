@@ -3,26 +3,73 @@
 Write side (the release pipeline): :func:`init_repo`, :func:`publish`, :func:`refresh`,
 :func:`rotate`, :func:`revoke`. Read side (update server, tooling): :func:`list_releases`,
 :func:`targets_version`, :func:`status`, :func:`target_file`.
+
+The package imports lazily: ``edgepkg.repo._policy`` (pure rules: durations, expiry, names)
+must stay importable without tuf and securesystemslib, and Python imports a package's
+``__init__`` before any of its modules.
 """
 
 from __future__ import annotations
 
-from ._config import RepoConfig, load_config
-from ._ops import (
-    REFRESH_CRITICAL,
-    REFRESH_OK,
-    REFRESH_WARNING,
-    InitResult,
-    RefreshResult,
-    RevokeResult,
-    RotateResult,
-    init_repo,
-    refresh,
-    revoke,
-    rotate,
-)
-from ._publish import PublishedTarget, PublishRefusedError, PublishResult, publish
-from ._read import ReleaseTarget, list_releases, status, target_file, targets_version
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names, for type checkers and readers; loaded on first use below
+    from ._config import (
+        RepoConfig,
+        load_config,
+    )
+    from ._ops import (
+        REFRESH_CRITICAL,
+        REFRESH_OK,
+        REFRESH_WARNING,
+        InitResult,
+        RefreshResult,
+        RevokeResult,
+        RotateResult,
+        init_repo,
+        refresh,
+        revoke,
+        rotate,
+    )
+    from ._publish import (
+        PublishedTarget,
+        PublishRefusedError,
+        PublishResult,
+        publish,
+    )
+    from ._read import (
+        ReleaseTarget,
+        list_releases,
+        status,
+        target_file,
+        targets_version,
+    )
+
+_WHERE = {
+    "REFRESH_CRITICAL": "_ops",
+    "REFRESH_OK": "_ops",
+    "REFRESH_WARNING": "_ops",
+    "InitResult": "_ops",
+    "PublishRefusedError": "_publish",
+    "PublishResult": "_publish",
+    "PublishedTarget": "_publish",
+    "RefreshResult": "_ops",
+    "ReleaseTarget": "_read",
+    "RepoConfig": "_config",
+    "RevokeResult": "_ops",
+    "RotateResult": "_ops",
+    "init_repo": "_ops",
+    "list_releases": "_read",
+    "load_config": "_config",
+    "publish": "_publish",
+    "refresh": "_ops",
+    "revoke": "_ops",
+    "rotate": "_ops",
+    "status": "_read",
+    "target_file": "_read",
+    "targets_version": "_read",
+}
 
 __all__ = [
     "REFRESH_CRITICAL",
@@ -48,3 +95,16 @@ __all__ = [
     "target_file",
     "targets_version",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

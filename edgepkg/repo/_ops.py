@@ -16,6 +16,7 @@ from securesystemslib.signer import Signer as SslibSigner
 from tuf.api.metadata import Metadata, MetaFile, Role, Root, Snapshot, Targets, Timestamp
 
 from edgepkg.errors import Error, RepoError, UsageError
+from edgepkg.protocol import release_dir
 
 from . import _keys, _tuf
 from ._config import (
@@ -29,10 +30,9 @@ from ._config import (
     save_config,
 )
 from ._policy import ONLINE_ROLES, TOP_ROLES, needs_resign, parse_duration
+from ._read import REVOKED_FIELD, expiry_report, revoked_entries
 
 log = logging.getLogger(__name__)
-
-REVOKED_FIELD = "x-edgepkg-revoked"
 
 
 class SignerPool:
@@ -63,7 +63,9 @@ class SignerPool:
         return _tuf.signers_for(role, root, available)
 
 
-def _sign(md: Metadata, signers: Sequence[SslibSigner], delegators: Sequence[Root], pool: SignerPool) -> None:
+def _sign(
+    md: Metadata[Any], signers: Sequence[SslibSigner], delegators: Sequence[Root], pool: SignerPool
+) -> None:
     try:
         _tuf.sign(md, signers, delegators)
     except RepoError as exc:
@@ -120,7 +122,10 @@ def init_repo(
     if repo.exists() and (config_path(repo).exists() or (_tuf.metadata_dir(repo)).exists()):
         raise RepoError(f"{repo} already holds a repository; refusing to overwrite it")
 
-    for ref in [r for refs in keys.values() for r in refs] + [release_signer or "", archive_key or ""]:
+    for ref in [r for refs in keys.values() for r in refs] + [
+        release_signer or "",
+        archive_key or "",
+    ]:
         if ref:
             _keys.check_storable_ref(ref)
     pool = SignerPool(env)
@@ -155,14 +160,16 @@ def init_repo(
     )
     if release_signer is not None:
         signer = _keys.load_bundle_signer(release_signer, env)
-        sid = _keys.key_id(signer.public_key())  # type: ignore[attr-defined]
+        sid = _keys.key_id(signer.public_key())
         if sid not in {k.keyid for k in config.release_keys}:
-            config.release_keys.append(PublicKeyEntry(sid, _keys.public_pem(signer.public_key())))  # type: ignore[attr-defined]
+            config.release_keys.append(PublicKeyEntry(sid, _keys.public_pem(signer.public_key())))
     if archive_key is not None:
         pub = _keys.public_key_from_ref(archive_key)
         config.archive_key = KeyRef(_keys.key_id(pub), archive_key)
         if config.archive_key.keyid not in {r.keyid for r in config.recipients}:
-            config.recipients.append(PublicKeyEntry(config.archive_key.keyid, _keys.public_pem(pub)))
+            config.recipients.append(
+                PublicKeyEntry(config.archive_key.keyid, _keys.public_pem(pub))
+            )
 
     root.expires = _tuf.new_expiry(now, _lifetime(config, "root"))
     root_md = Metadata(root)
@@ -174,7 +181,10 @@ def init_repo(
     snapshot_md = Metadata(snapshot)
     _sign(snapshot_md, pool.for_role(config, "snapshot", root), [root], pool)
     timestamp_md = Metadata(
-        Timestamp(expires=_tuf.new_expiry(now, _lifetime(config, "timestamp")), snapshot_meta=MetaFile(version=1))
+        Timestamp(
+            expires=_tuf.new_expiry(now, _lifetime(config, "timestamp")),
+            snapshot_meta=MetaFile(version=1),
+        )
     )
     _sign(timestamp_md, pool.for_role(config, "timestamp", root), [root], pool)
 
@@ -230,7 +240,12 @@ def commit_targets(
 
 
 def _bump_timestamp(
-    config: RepoConfig, root: Root, md: Metadata[Timestamp], snapshot_version: int, now: datetime, pool: SignerPool
+    config: RepoConfig,
+    root: Root,
+    md: Metadata[Timestamp],
+    snapshot_version: int,
+    now: datetime,
+    pool: SignerPool,
 ) -> None:
     md.signed.snapshot_meta = MetaFile(version=snapshot_version)
     md.signed.version += 1
@@ -274,8 +289,6 @@ def refresh(
 ) -> RefreshResult:
     """Re-sign snapshot and/or timestamp when less than half their lifetime remains (or always
     with ``force``). Idempotent: a second call right after the first changes nothing."""
-    from ._read import expiry_report
-
     for role in roles:
         if role not in ONLINE_ROLES:
             raise UsageError(f"refresh re-signs snapshot and timestamp only, not {role!r}")
@@ -380,15 +393,26 @@ def rotate(
         pool = SignerPool(env)
         old_available = pool.load(config.role("root").keys)
         new_config = copy.deepcopy(config)
-        new_config.roles[role] = RoleConfig(keys=refs, threshold=new_threshold, expires=role_cfg.expires)
+        new_config.roles[role] = RoleConfig(
+            keys=refs, threshold=new_threshold, expires=role_cfg.expires
+        )
         new_available = pool.load(new_config.role("root").keys)
         root_signers = {**old_available, **new_available}
         wanted = set(old_root.roles["root"].keyids) | set(new_root.roles["root"].keyids)
-        _sign(new_root_md, [s for k, s in root_signers.items() if k in wanted], [old_root, new_root], pool)
+        _sign(
+            new_root_md,
+            [s for k, s in root_signers.items() if k in wanted],
+            [old_root, new_root],
+            pool,
+        )
 
         # Re-sign what the rotated role covers, with the new root's keys.
-        pending: list[Metadata] = []
-        new_tgt, new_snap, new_ts = copy.deepcopy(tgt_md), copy.deepcopy(snap_md), copy.deepcopy(ts_md)
+        pending: list[Metadata[Any]] = []
+        new_tgt, new_snap, new_ts = (
+            copy.deepcopy(tgt_md),
+            copy.deepcopy(snap_md),
+            copy.deepcopy(ts_md),
+        )
         if role == "targets":
             new_tgt.signed.version += 1
             new_tgt.signed.expires = _tuf.new_expiry(now, _lifetime(new_config, "targets"))
@@ -423,13 +447,6 @@ class RevokeResult:
     targets_version: int
 
 
-def revoked_entries(targets: Targets) -> list[dict[str, Any]]:
-    raw = targets.unrecognized_fields.get(REVOKED_FIELD, [])
-    if not isinstance(raw, list):
-        raise RepoError(f"targets field {REVOKED_FIELD} is malformed")
-    return [e for e in raw if isinstance(e, dict)]
-
-
 def revoke(
     repo_dir: str | os.PathLike[str],
     name: str,
@@ -454,13 +471,21 @@ def revoke(
             info = (tf.custom or {}).get("edgepkg") if isinstance(tf.custom, dict) else None
             if not isinstance(info, dict) or info.get("name") != name:
                 continue
-            base = (info.get("delta") or {}).get("base_version") if isinstance(info.get("delta"), dict) else None
+            base = (
+                (info.get("delta") or {}).get("base_version")
+                if isinstance(info.get("delta"), dict)
+                else None
+            )
             if info.get("version") == version or base == version:
                 removed.append(path)
                 del targets.targets[path]
-        if not any(p.startswith(f"models/{name}/{version}/") for p in removed):
+        if not any(p.startswith(release_dir(name, version)) for p in removed):
             raise RepoError(f"{name} {version} is not a published release")
-        entries.append({"name": name, "version": version, "revoked_at": now.isoformat(), "reason": reason})
+        entries.append(
+            {"name": name, "version": version, "revoked_at": now.isoformat(), "reason": reason}
+        )
         targets.unrecognized_fields[REVOKED_FIELD] = entries
-        new_version = commit_targets(repo_dir, config, root_md.signed, tgt_md, snap_md, ts_md, now, SignerPool(env))
+        new_version = commit_targets(
+            repo_dir, config, root_md.signed, tgt_md, snap_md, ts_md, now, SignerPool(env)
+        )
     return RevokeResult(name, version, sorted(removed), new_version)

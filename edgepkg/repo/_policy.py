@@ -6,11 +6,24 @@ Nothing here touches files or clocks: callers pass plain values and ``now``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from edgepkg.errors import RepoError, UsageError
+from edgepkg.errors import ProtocolError, RepoError, UsageError
+from edgepkg.protocol import (
+    check_target_model,
+    check_target_version,
+    delta_target_name,
+    full_target_name,
+)
+
+__all__ = [
+    "DEFAULT_EXPIRES", "ONLINE_ROLES", "TOP_ROLES", "ExpiryState", "check_model_name",
+    "check_newer", "check_version_text", "delta_target_name", "expiry_state", "format_duration",
+    "full_target_name", "needs_resign", "parse_duration", "refresh_margin",
+]
 
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE_ROLES = ("snapshot", "timestamp")
@@ -20,9 +33,6 @@ DEFAULT_EXPIRES = {"root": "365d", "targets": "90d", "snapshot": "7d", "timestam
 _DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhdwy])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
-# Model names and versions become path components of target names: keep them boring.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -65,31 +75,33 @@ class ExpiryState:
 def expiry_state(role: str, expires: datetime, lifetime: timedelta, now: datetime) -> ExpiryState:
     remaining = expires - now
     # Offline roles (root, targets) warn a long way ahead: a person has to act.
-    margin = refresh_margin(lifetime) if role in ONLINE_ROLES else min(lifetime / 4, timedelta(days=30))
+    margin = (
+        refresh_margin(lifetime) if role in ONLINE_ROLES else min(lifetime / 4, timedelta(days=30))
+    )
     return ExpiryState(role, expires, remaining, remaining <= timedelta(0), remaining <= margin)
 
 
+# Target names are the device<->server contract: edgepkg.protocol owns them. The repository
+# raises RepoError (its callers catch that), so the protocol's errors are translated here.
+
+
 def check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise RepoError(f"model name {name!r} is not allowed (letters, digits, '.', '_', '-')")
-    return name
+    try:
+        return check_target_model(name)
+    except ProtocolError as exc:
+        raise RepoError(str(exc)) from None
 
 
 def check_version_text(version: str) -> str:
-    if not isinstance(version, str) or not _VERSION.match(version) or ".." in version:
-        raise RepoError(f"version {version!r} is not allowed in a target name")
-    return version
+    try:
+        return check_target_version(version)
+    except ProtocolError as exc:
+        raise RepoError(str(exc)) from None
 
 
-def full_target_name(name: str, version: str) -> str:
-    return f"models/{name}/{version}/{name}-{version}.edgepkg"
-
-
-def delta_target_name(name: str, version: str, base_version: str) -> str:
-    return f"models/{name}/{version}/delta-from-{base_version}.edgepkg"
-
-
-def check_newer(name: str, version: str, existing: Iterable[str], parse) -> None:  # type: ignore[no-untyped-def]
+def check_newer(
+    name: str, version: str, existing: Iterable[str], parse: Callable[[str], Any]
+) -> None:
     """Raise unless ``version`` is greater than every version in ``existing`` (published or
     revoked) of the same model, by semantic-version order."""
     new_key = parse(version)

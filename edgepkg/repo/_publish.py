@@ -34,7 +34,7 @@ from edgepkg.errors import BundleError, Error, RepoError, UsageError
 
 from . import _keys, _tuf
 from ._config import PublicKeyEntry, RepoConfig, load_config, save_config
-from ._ops import SignerPool, commit_targets, revoked_entries
+from ._ops import SignerPool, commit_targets
 from ._policy import (
     check_model_name,
     check_newer,
@@ -42,7 +42,7 @@ from ._policy import (
     delta_target_name,
     full_target_name,
 )
-from ._read import ReleaseTarget, releases_from_targets
+from ._read import ReleaseTarget, releases_from_targets, revoked_entries
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ def _default_delta_maker(old: str, new: str, out: str) -> Any:
     return make_delta(old, new, out)
 
 
-def _copy_hashed(src: str | os.PathLike[str], repo_dir: str | os.PathLike[str], target_path: str) -> TargetFile:
+def _copy_hashed(
+    src: str | os.PathLike[str], repo_dir: str | os.PathLike[str], target_path: str
+) -> TargetFile:
     """Copy a bundle into ``targets/`` under its hash-prefixed name; return its TargetFile."""
     digest = hashlib.sha256()
     parent, _, fname = target_path.rpartition("/")
@@ -111,7 +113,9 @@ def _verify_release_bundle(path: str, release_keys: Sequence[Any]) -> BundleInfo
             f"{path}: not signed by a configured release key or not a valid bundle ({exc})"
         ) from exc
     if info.manifest.delta is not None:
-        raise PublishRefusedError(f"{path} is a delta bundle: publish full releases; deltas are made here")
+        raise PublishRefusedError(
+            f"{path} is a delta bundle: publish full releases; deltas are made here"
+        )
     return info
 
 
@@ -168,13 +172,18 @@ def publish(
         for entry in revoked:
             if isinstance(entry.get("name"), str) and isinstance(entry.get("version"), str):
                 seen.setdefault(entry["name"], []).append(entry["version"])
-        order = sorted(range(len(infos)), key=lambda i: (infos[i].manifest.name, parse_version(infos[i].manifest.version)))
+        order = sorted(
+            range(len(infos)),
+            key=lambda i: (infos[i].manifest.name, parse_version(infos[i].manifest.version)),
+        )
         for i in order:
             m = infos[i].manifest
             check_model_name(m.name)
             check_version_text(m.version)
             if any(e.get("name") == m.name and e.get("version") == m.version for e in revoked):
-                raise PublishRefusedError(f"{m.name} {m.version} was revoked and cannot be published again")
+                raise PublishRefusedError(
+                    f"{m.name} {m.version} was revoked and cannot be published again"
+                )
             try:
                 check_newer(m.name, m.version, seen.get(m.name, []), parse_version)
             except RepoError as exc:
@@ -313,7 +322,9 @@ def _make_deltas(
                                                     base.version, str(dres.method)))
 
 
-def _decrypt(bundle: str | os.PathLike[str], out: Path, archive: Any, release_pubs: Sequence[Any]) -> None:
+def _decrypt(
+    bundle: str | os.PathLike[str], out: Path, archive: Any, release_pubs: Sequence[Any]
+) -> None:
     with open(out, "wb") as fh:
         os.fchmod(fh.fileno(), 0o600)
         fh.writelines(open_plaintext(bundle, keys=[archive], trusted_keys=release_pubs))

@@ -16,6 +16,10 @@ from . import _tuf
 from ._config import RepoConfig, load_config
 from ._policy import TOP_ROLES, ExpiryState, expiry_state, parse_duration
 
+# Revocations are recorded in the signed targets metadata (written by _ops.revoke, read by
+# publish and status); the reader lives here so that _ops depends on _read, never the reverse.
+REVOKED_FIELD = "x-edgepkg-revoked"
+
 
 @dataclass(frozen=True)
 class ReleaseTarget:
@@ -29,6 +33,13 @@ class ReleaseTarget:
     sha256: str  # of the target (bundle) file
     base_version: str | None
     custom: dict[str, Any]
+
+
+def revoked_entries(targets: Targets) -> list[dict[str, Any]]:
+    raw = targets.unrecognized_fields.get(REVOKED_FIELD, [])
+    if not isinstance(raw, list):
+        raise RepoError(f"targets field {REVOKED_FIELD} is malformed")
+    return [e for e in raw if isinstance(e, dict)]
 
 
 def targets_version(repo_dir: str | os.PathLike[str]) -> int:
@@ -50,7 +61,11 @@ def releases_from_targets(targets: Targets) -> list[ReleaseTarget]:
         if not isinstance(info, dict):
             continue
         name, version, kind = info.get("name"), info.get("version"), info.get("kind")
-        if not isinstance(name, str) or not isinstance(version, str) or kind not in ("full", "delta"):
+        if (
+            not isinstance(name, str)
+            or not isinstance(version, str)
+            or kind not in ("full", "delta")
+        ):
             continue
         delta = info.get("delta")
         base = delta.get("base_version") if isinstance(delta, dict) else None
@@ -75,12 +90,19 @@ def target_file(repo_dir: str | os.PathLike[str], release: ReleaseTarget) -> Pat
     return _tuf.targets_dir(repo_dir) / parent / f"{release.sha256}.{fname}"
 
 
-def expiry_report(repo_dir: str | os.PathLike[str], config: RepoConfig, now: datetime) -> list[ExpiryState]:
+def expiry_report(
+    repo_dir: str | os.PathLike[str], config: RepoConfig, now: datetime
+) -> list[ExpiryState]:
     root = _tuf.load_root(repo_dir)
     ts = _tuf.load_timestamp(repo_dir)
     snap = _tuf.load_snapshot(repo_dir, ts)
     tgt = _tuf.load_targets(repo_dir, snap)
-    mds: dict[str, Metadata[Any]] = {"root": root, "targets": tgt, "snapshot": snap, "timestamp": ts}
+    mds: dict[str, Metadata[Any]] = {
+        "root": root,
+        "targets": tgt,
+        "snapshot": snap,
+        "timestamp": ts,
+    }
     return [
         expiry_state(role, mds[role].signed.expires, parse_duration(config.role(role).expires), now)
         for role in TOP_ROLES
@@ -89,12 +111,15 @@ def expiry_report(repo_dir: str | os.PathLike[str], config: RepoConfig, now: dat
 
 def status(repo_dir: str | os.PathLike[str], now: datetime | None = None) -> dict[str, Any]:
     """Models, versions, deltas, revocations, each role's version/expiry/keys, and warnings."""
-    from ._ops import revoked_entries
-
     now = _tuf.utc(now)
     config = load_config(repo_dir)
     root, ts, snap, tgt = _tuf.verify_chain(repo_dir)
-    mds: dict[str, Metadata[Any]] = {"root": root, "targets": tgt, "snapshot": snap, "timestamp": ts}
+    mds: dict[str, Metadata[Any]] = {
+        "root": root,
+        "targets": tgt,
+        "snapshot": snap,
+        "timestamp": ts,
+    }
     roles: dict[str, Any] = {}
     warnings: list[str] = []
     for state in expiry_report(repo_dir, config, now):

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from securesystemslib.signer import Signer as SslibSigner
 from tuf.api.exceptions import UnsignedMetadataError
@@ -58,13 +59,15 @@ def _read_limited(path: Path) -> bytes:
         with path.open("rb") as fh:
             data = fh.read(MAX_METADATA_BYTES + 1)
     except FileNotFoundError:
-        raise RepoError(f"metadata file {path} is missing: is this an initialised repository?") from None
+        raise RepoError(
+            f"metadata file {path} is missing: is this an initialised repository?"
+        ) from None
     if len(data) > MAX_METADATA_BYTES:
         raise RepoError(f"metadata file {path} is larger than {MAX_METADATA_BYTES} bytes")
     return data
 
 
-def _parse(path: Path, expected: type[Signed]) -> Metadata:
+def _parse(path: Path, expected: type[Signed]) -> Metadata[Any]:
     try:
         md = Metadata.from_bytes(_read_limited(path))
     except DeserializationError as exc:
@@ -101,13 +104,17 @@ def load_timestamp(repo_dir: str | os.PathLike[str]) -> Metadata[Timestamp]:
     return _parse(metadata_dir(repo_dir) / "timestamp.json", Timestamp)
 
 
-def load_snapshot(repo_dir: str | os.PathLike[str], timestamp: Metadata[Timestamp] | None = None) -> Metadata[Snapshot]:
+def load_snapshot(
+    repo_dir: str | os.PathLike[str], timestamp: Metadata[Timestamp] | None = None
+) -> Metadata[Snapshot]:
     timestamp = timestamp or load_timestamp(repo_dir)
     version = timestamp.signed.snapshot_meta.version
     return _parse(metadata_dir(repo_dir) / f"{version}.snapshot.json", Snapshot)
 
 
-def load_targets(repo_dir: str | os.PathLike[str], snapshot: Metadata[Snapshot] | None = None) -> Metadata[Targets]:
+def load_targets(
+    repo_dir: str | os.PathLike[str], snapshot: Metadata[Snapshot] | None = None
+) -> Metadata[Targets]:
     snapshot = snapshot or load_snapshot(repo_dir)
     meta = snapshot.signed.meta.get("targets.json")
     if meta is None:
@@ -115,12 +122,12 @@ def load_targets(repo_dir: str | os.PathLike[str], snapshot: Metadata[Snapshot] 
     return _parse(metadata_dir(repo_dir) / f"{meta.version}.targets.json", Targets)
 
 
-def to_bytes(md: Metadata) -> bytes:
+def to_bytes(md: Metadata[Any]) -> bytes:
     return md.to_bytes(_SERIALIZER)
 
 
 def sign(
-    md: Metadata,
+    md: Metadata[Any],
     signers: Sequence[SslibSigner],
     delegators: Sequence[Root],
 ) -> None:
@@ -148,7 +155,7 @@ def write_root(repo_dir: str | os.PathLike[str], md: Metadata[Root]) -> None:
     atomic_write_bytes(mdir / "root.json", data)
 
 
-def write_versioned(repo_dir: str | os.PathLike[str], md: Metadata) -> MetaFile:
+def write_versioned(repo_dir: str | os.PathLike[str], md: Metadata[Any]) -> MetaFile:
     data = to_bytes(md)
     atomic_write_bytes(metadata_dir(repo_dir) / f"{md.signed.version}.{md.signed.type}.json", data)
     return MetaFile(version=md.signed.version)
@@ -179,7 +186,9 @@ def locked(repo_dir: str | os.PathLike[str]) -> Iterator[None]:
         os.close(fd)
 
 
-def verify_chain(repo_dir: str | os.PathLike[str]) -> tuple[Metadata[Root], Metadata[Timestamp], Metadata[Snapshot], Metadata[Targets]]:
+def verify_chain(
+    repo_dir: str | os.PathLike[str],
+) -> tuple[Metadata[Root], Metadata[Timestamp], Metadata[Snapshot], Metadata[Targets]]:
     """Load the current root, timestamp, snapshot and targets and check each one's signature
     threshold against the current root (not expiry: callers decide what to do about that)."""
     root = load_root(repo_dir)
@@ -190,7 +199,9 @@ def verify_chain(repo_dir: str | os.PathLike[str]) -> tuple[Metadata[Root], Meta
         try:
             root.signed.verify_delegate(md.signed.type, md.signed_bytes, md.signatures)
         except UnsignedMetadataError as exc:
-            raise RepoError(f"current {md.signed.type} metadata is not validly signed: {exc}") from exc
+            raise RepoError(
+                f"current {md.signed.type} metadata is not validly signed: {exc}"
+            ) from exc
     return root, ts, snap, tgt
 
 

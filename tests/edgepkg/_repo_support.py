@@ -19,7 +19,11 @@ BASE = "http://repo.test"
 
 def write_key(path: Path, kind: str = "ed25519") -> str:
     """A fresh TEST key as an unencrypted PKCS#8 PEM file; returns its path as a reference."""
-    key = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else ec.generate_private_key(ec.SECP256R1())
+    key = (
+        ed25519.Ed25519PrivateKey.generate()
+        if kind == "ed25519"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
     path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                           serialization.NoEncryption())
@@ -66,6 +70,8 @@ def make_client(repo: Path, client_dir: Path, root_version: int = 1) -> Updater:
     )
 
 
-def role_keys(tmp: Path, roles=("root", "targets", "snapshot", "timestamp"), kind: str = "ed25519") -> dict[str, list[str]]:
+def role_keys(
+    tmp: Path, roles=("root", "targets", "snapshot", "timestamp"), kind: str = "ed25519"
+) -> dict[str, list[str]]:
     tmp.mkdir(parents=True, exist_ok=True)
     return {r: [write_key(tmp / f"{r}.pem", kind)] for r in roles}

@@ -14,7 +14,7 @@ from edgepkg import keys as ekeys
 from edgepkg import repo as erepo
 from edgepkg.bundle import open_plaintext, write_bundle
 from edgepkg.errors import RepoError
-from tests.test_repo_support import make_client, role_keys, write_key, write_public
+from tests.edgepkg._repo_support import make_client, role_keys, write_key, write_public
 
 MB = 1 << 20
 
@@ -35,9 +35,18 @@ class Setup:
         recipients = [ekeys.load_public_key(self.fleet_ref)]
         if archive:
             recipients.append(ekeys.load_public_key(self.archive_ref))
-        write_bundle(model, out, manifest_fields={"name": name, "version": version, "format": "raw",
-                                                   "requirements": {"arch": "aarch64"}},
-                     signer=ekeys.load_signer(signer_ref or self.release_ref), recipients=recipients)
+        write_bundle(
+            model,
+            out,
+            manifest_fields={
+                "name": name,
+                "version": version,
+                "format": "raw",
+                "requirements": {"arch": "aarch64"},
+            },
+            signer=ekeys.load_signer(signer_ref or self.release_ref),
+            recipients=recipients,
+        )
         return out
 
 
@@ -75,21 +84,28 @@ def test_published_release_downloads_through_ngclient_with_its_summary(setup: Se
     info = client.get_targetinfo(name)
     assert info is not None
     summary = info.custom["edgepkg"]
-    assert summary["kind"] == "full" and summary["version"] == "1.0.0" and summary["format"] == "raw"
+    assert (
+        summary["kind"] == "full" and summary["version"] == "1.0.0" and summary["format"] == "raw"
+    )
     assert summary["requirements"] == {"arch": "aarch64"}
     assert summary["bundle_signer"] == ekeys.public_key_id(ekeys.load_public_key(setup.release_ref))
     assert summary["delta"] is None
     path = client.download_target(info)
     assert Path(path).read_bytes() == bundle.read_bytes()
     # hash-prefixed on disk
-    assert (setup.repo / "targets/models/det/1.0.0" / f"{info.hashes['sha256']}.det-1.0.0.edgepkg").exists()
+    assert (
+        setup.repo / "targets/models/det/1.0.0" / f"{info.hashes['sha256']}.det-1.0.0.edgepkg"
+    ).exists()
 
 
 def test_list_releases_reports_current_targets(setup: Setup) -> None:
     erepo.publish(setup.repo, [setup.bundle("1.0.0", b"a" * 1000)])
     erepo.publish(setup.repo, [setup.bundle("1.0.0", b"b" * 1000, name="seg")])
     rels = erepo.list_releases(setup.repo)
-    assert [(r.name, r.version, r.kind) for r in rels] == [("det", "1.0.0", "full"), ("seg", "1.0.0", "full")]
+    assert [(r.name, r.version, r.kind) for r in rels] == [
+        ("det", "1.0.0", "full"),
+        ("seg", "1.0.0", "full"),
+    ]
     assert erepo.targets_version(setup.repo) == 3
     for rel in rels:
         assert erepo.target_file(setup.repo, rel).stat().st_size == rel.length
@@ -100,7 +116,9 @@ def test_publish_refuses_version_not_greater_than_published(setup: Setup, versio
     erepo.publish(setup.repo, [setup.bundle("1.0.0", b"x" * 5000)])
     before = erepo.targets_version(setup.repo)
     (setup.tmp / "again").mkdir()
-    again = Setup(setup.repo, setup.tmp / "again", setup.release_ref, setup.archive_ref, setup.fleet_ref)
+    again = Setup(
+        setup.repo, setup.tmp / "again", setup.release_ref, setup.archive_ref, setup.fleet_ref
+    )
     with pytest.raises(erepo.PublishRefusedError, match="not newer"):
         erepo.publish(setup.repo, [again.bundle(version, b"y" * 5000)])
     assert erepo.targets_version(setup.repo) == before
@@ -144,7 +162,7 @@ def test_revoked_release_disappears_and_cannot_be_published_again(setup: Setup) 
     erepo.publish(setup.repo, [setup.bundle("1.1.0", head_retrain(w1, 2))])
     result = erepo.revoke(setup.repo, "det", "1.1.0", reason="accuracy regression")
     assert "models/det/1.1.0/det-1.1.0.edgepkg" in result.removed_targets
-    assert all("1.1.0" != r.version for r in erepo.list_releases(setup.repo))
+    assert all(r.version != "1.1.0" for r in erepo.list_releases(setup.repo))
     client = make_client(setup.repo, setup.tmp / "client")
     client.refresh()
     assert client.get_targetinfo("models/det/1.1.0/det-1.1.0.edgepkg") is None
@@ -154,7 +172,9 @@ def test_revoked_release_disappears_and_cannot_be_published_again(setup: Setup) 
     signed = Metadata.from_file(str(setup.repo / "metadata" / f"{tv}.targets.json")).signed
     assert signed.unrecognized_fields["x-edgepkg-revoked"][0]["version"] == "1.1.0"
     (setup.tmp / "again").mkdir()
-    again = Setup(setup.repo, setup.tmp / "again", setup.release_ref, setup.archive_ref, setup.fleet_ref)
+    again = Setup(
+        setup.repo, setup.tmp / "again", setup.release_ref, setup.archive_ref, setup.fleet_ref
+    )
     with pytest.raises(erepo.PublishRefusedError, match="revoked"):
         erepo.publish(setup.repo, [again.bundle("1.1.0", head_retrain(w1, 3))])
     erepo.publish(setup.repo, [again.bundle("1.1.1", head_retrain(w1, 3))])
@@ -180,7 +200,9 @@ def test_publish_makes_delta_targets_against_last_k_releases(setup: Setup) -> No
     v["1.2.0"] = head_retrain(np.frombuffer(v["1.1.0"], dtype=np.float32), 3)
     v["1.3.0"] = head_retrain(np.frombuffer(v["1.2.0"], dtype=np.float32), 4)
     erepo.publish(setup.repo, [setup.bundle("1.0.0", v["1.0.0"])])
-    erepo.publish(setup.repo, [setup.bundle("1.1.0", v["1.1.0"]), setup.bundle("1.2.0", v["1.2.0"])])
+    erepo.publish(
+        setup.repo, [setup.bundle("1.1.0", v["1.1.0"]), setup.bundle("1.2.0", v["1.2.0"])]
+    )
     result = erepo.publish(setup.repo, [setup.bundle("1.3.0", v["1.3.0"])])  # K = 2 by default
     deltas = {p.base_version: p for p in result.published if p.kind == "delta"}
     assert set(deltas) == {"1.2.0", "1.1.0"}, result.skipped_deltas
@@ -208,14 +230,25 @@ def test_publish_makes_delta_targets_against_last_k_releases(setup: Setup) -> No
     delta_bundle = client.download_target(info)
     release_pub = ekeys.load_public_key(setup.release_ref)
     patch = setup.tmp / "patch.bin"
-    patch.write_bytes(b"".join(open_plaintext(delta_bundle, keys=[ekeys.load_recipient_key(setup.fleet_ref)],
-                                              trusted_keys=[release_pub])))
+    patch.write_bytes(
+        b"".join(
+            open_plaintext(
+                delta_bundle,
+                keys=[ekeys.load_recipient_key(setup.fleet_ref)],
+                trusted_keys=[release_pub],
+            )
+        )
+    )
     old = setup.tmp / "old.bin"
     old.write_bytes(v["1.1.0"])
     out = setup.tmp / "rebuilt.bin"
-    apply_delta(old, patch, out, expected_sha256=summary["sha256"], expected_length=summary["length"])
+    apply_delta(
+        old, patch, out, expected_sha256=summary["sha256"], expected_length=summary["length"]
+    )
     assert out.read_bytes() == v["1.3.0"]
-    kinds = sorted((r.version, r.kind, r.base_version or "") for r in erepo.list_releases(setup.repo))
+    kinds = sorted(
+        (r.version, r.kind, r.base_version or "") for r in erepo.list_releases(setup.repo)
+    )
     assert ("1.3.0", "delta", "1.1.0") in kinds and ("1.3.0", "delta", "1.2.0") in kinds
     assert ("1.3.0", "delta", "1.0.0") not in kinds
 

@@ -1,4 +1,5 @@
-"""Model format detection: real files per format, requirement extraction, refusals, hostile input."""
+"""Model format detection: real files per format, requirement extraction, refusals, hostile
+input."""
 
 from __future__ import annotations
 
@@ -284,7 +285,7 @@ def test_tensorrt_header_truncated_or_implausible_is_refused(tmp_path: Path) -> 
 def test_edgetpu_op_with_garbage_options_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "bad_edgetpu.tflite"
     p.write_bytes(build.edgetpu_model(custom_options=b"\xff" * 7))
-    with pytest.raises(errors.FormatError, match="Edge TPU|FlexBuffer"):
+    with pytest.raises(errors.FormatError, match=r"Edge TPU|FlexBuffer"):
         detect(p)
     from flatbuffers import flexbuffers
 
@@ -385,7 +386,7 @@ def test_truncated_or_corrupted_models_raise_only_edgepkg_errors(
             detect(target, extra_requirements={"gpu_sm": "87"})
         except errors.Error:
             pass
-        except Exception as exc:  # noqa: BLE001 - this is the failure being tested for
+        except Exception as exc:
             pytest.fail(f"mutation {i} ({kind=}) escaped as {type(exc).__name__}: {exc}")
 
 

@@ -1,4 +1,5 @@
-"""edgepkg.delta: smallest binary delta per pair, bounded streaming apply, hostile deltas refused."""
+"""edgepkg.delta: smallest binary delta per pair, bounded streaming apply, hostile deltas
+refused."""
 
 from __future__ import annotations
 

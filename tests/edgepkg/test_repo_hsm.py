@@ -9,12 +9,14 @@ from tuf.api.metadata import Metadata
 
 from edgepkg import keys as ekeys
 from edgepkg import repo as erepo
-from tests.test_repo_support import make_client, write_key
+from tests.edgepkg._repo_support import make_client, write_key
 
 pytestmark = pytest.mark.softhsm
 
 
-def test_hsm_signed_repository_accepted_by_ngclient(softhsm_token, tmp_path: Path, monkeypatch) -> None:
+def test_hsm_signed_repository_accepted_by_ngclient(
+    softhsm_token, tmp_path: Path, monkeypatch
+) -> None:
     token_uri = softhsm_token.uri()
     monkeypatch.setenv("EDGEPKG_PKCS11_PIN", softhsm_token.pin)  # the config holds no PIN
     refs = {}
@@ -33,15 +35,22 @@ def test_hsm_signed_repository_accepted_by_ngclient(softhsm_token, tmp_path: Pat
     from edgepkg.bundle import write_bundle
 
     fleet = write_key(tmp_path / "fleet.pem", "p256")
-    write_bundle(model, bundle, manifest_fields={"name": "det", "version": "1.0.0", "format": "raw"},
-                 signer=ekeys.load_signer(release), recipients=[ekeys.load_public_key(fleet)])
+    write_bundle(
+        model,
+        bundle,
+        manifest_fields={"name": "det", "version": "1.0.0", "format": "raw"},
+        signer=ekeys.load_signer(release),
+        recipients=[ekeys.load_public_key(fleet)],
+    )
     erepo.publish(repo, [bundle])
     erepo.refresh(repo, force=True)
 
     # Root rotation to a second token key, signed by the old and the new key in the token.
     ekeys.generate_token_keypair(token_uri, "tuf-root-2", usage="sign")
     old = erepo.load_config(repo).role("root").keys[0].keyid
-    erepo.rotate(repo, "root", add=[ekeys.key_uri(token_uri, "tuf-root-2", include_pin=False)], remove=[old])
+    erepo.rotate(
+        repo, "root", add=[ekeys.key_uri(token_uri, "tuf-root-2", include_pin=False)], remove=[old]
+    )
 
     client = make_client(repo, tmp_path / "client", root_version=1)
     client.refresh()

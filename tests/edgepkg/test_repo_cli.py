@@ -10,14 +10,17 @@ import pytest
 from edgepkg import keys as ekeys
 from edgepkg.bundle import write_bundle
 from edgepkg.cli import main
-from tests.test_repo_support import make_client, write_key, write_public
+from tests.edgepkg._repo_support import make_client, write_key, write_public
 
 
 @pytest.fixture()
 def keys(tmp_path: Path) -> dict[str, str]:
     d = tmp_path / "keys"
     d.mkdir()
-    k = {r: write_key(d / f"{r}.pem") for r in ("root", "root2", "targets", "snapshot", "timestamp", "release")}
+    k = {
+        r: write_key(d / f"{r}.pem")
+        for r in ("root", "root2", "targets", "snapshot", "timestamp", "release")
+    }
     k["archive"] = write_key(d / "archive.pem", "p256")
     k["fleet"] = write_key(d / "fleet.pem", "p256")
     k["fleet_pub"] = write_public(k["fleet"], d / "fleet.pub.pem")
@@ -26,20 +29,49 @@ def keys(tmp_path: Path) -> dict[str, str]:
 
 
 def _init(repo: Path, k: dict[str, str], *extra: str) -> int:
-    return main(["repo", "init", str(repo), "--key", f"root={k['root']}", "--key", f"root={k['root2']}",
-                 "--threshold", "root=2", "--key", f"targets={k['targets']}",
-                 "--key", f"snapshot={k['snapshot']}", "--key", f"timestamp={k['timestamp']}",
-                 "--release-key", k["release_pub"], "--release-signer", k["release"],
-                 "--archive-key", k["archive"], "--recipient", k["fleet_pub"], *extra])
+    return main(
+        [
+            "repo",
+            "init",
+            str(repo),
+            "--key",
+            f"root={k['root']}",
+            "--key",
+            f"root={k['root2']}",
+            "--threshold",
+            "root=2",
+            "--key",
+            f"targets={k['targets']}",
+            "--key",
+            f"snapshot={k['snapshot']}",
+            "--key",
+            f"timestamp={k['timestamp']}",
+            "--release-key",
+            k["release_pub"],
+            "--release-signer",
+            k["release"],
+            "--archive-key",
+            k["archive"],
+            "--recipient",
+            k["fleet_pub"],
+            *extra,
+        ]
+    )
 
 
-def _bundle(tmp: Path, k: dict[str, str], version: str, data: bytes, signer: str | None = None) -> str:
+def _bundle(
+    tmp: Path, k: dict[str, str], version: str, data: bytes, signer: str | None = None
+) -> str:
     model = tmp / f"m-{version}.bin"
     model.write_bytes(data)
     out = tmp / f"det-{version}.edgepkg"
-    write_bundle(model, out, manifest_fields={"name": "det", "version": version, "format": "raw"},
-                 signer=ekeys.load_signer(signer or k["release"]),
-                 recipients=[ekeys.load_public_key(k["fleet_pub"]), ekeys.load_public_key(k["archive"])])
+    write_bundle(
+        model,
+        out,
+        manifest_fields={"name": "det", "version": version, "format": "raw"},
+        signer=ekeys.load_signer(signer or k["release"]),
+        recipients=[ekeys.load_public_key(k["fleet_pub"]), ekeys.load_public_key(k["archive"])],
+    )
     return str(out)
 
 
@@ -48,7 +80,18 @@ def test_cli_init_publish_status_revoke(tmp_path: Path, keys, capsys) -> None:
     assert _init(repo, keys, "--json") == 0
     init = json.loads(capsys.readouterr().out)
     assert len(init["keyids"]["root"]) == 2
-    assert main(["publish", _bundle(tmp_path, keys, "1.0.0", b"\x00" * 100_000), "--repo", str(repo), "--json"]) == 0
+    assert (
+        main(
+            [
+                "publish",
+                _bundle(tmp_path, keys, "1.0.0", b"\x00" * 100_000),
+                "--repo",
+                str(repo),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["published"][0]["target_path"] == "models/det/1.0.0/det-1.0.0.edgepkg"
     assert main(["repo", "status", str(repo), "--json"]) == 0
@@ -65,7 +108,14 @@ def test_cli_publish_unknown_signer_exits_1_with_message(tmp_path: Path, keys, c
     repo = tmp_path / "repo"
     _init(repo, keys)
     rogue = write_key(tmp_path / "keys" / "rogue.pem")
-    code = main(["publish", _bundle(tmp_path, keys, "1.0.0", b"x" * 1000, signer=rogue), "--repo", str(repo)])
+    code = main(
+        [
+            "publish",
+            _bundle(tmp_path, keys, "1.0.0", b"x" * 1000, signer=rogue),
+            "--repo",
+            str(repo),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "release key" in err and "Traceback" not in err
 
@@ -73,9 +123,14 @@ def test_cli_publish_unknown_signer_exits_1_with_message(tmp_path: Path, keys, c
 def test_cli_publish_older_version_exits_1(tmp_path: Path, keys, capsys) -> None:
     repo = tmp_path / "repo"
     _init(repo, keys)
-    assert main(["publish", _bundle(tmp_path, keys, "2.0.0", b"x" * 1000), "--repo", str(repo)]) == 0
+    assert (
+        main(["publish", _bundle(tmp_path, keys, "2.0.0", b"x" * 1000), "--repo", str(repo)]) == 0
+    )
     (tmp_path / "b").mkdir()
-    assert main(["publish", _bundle(tmp_path / "b", keys, "1.9.0", b"y" * 1000), "--repo", str(repo)]) == 1
+    assert (
+        main(["publish", _bundle(tmp_path / "b", keys, "1.9.0", b"y" * 1000), "--repo", str(repo)])
+        == 1
+    )
     assert "not newer" in capsys.readouterr().err
 
 

@@ -12,7 +12,7 @@ from tuf.api.metadata import Metadata
 
 from edgepkg import repo as erepo
 from edgepkg.errors import RepoError, UsageError
-from tests.test_repo_support import make_client, role_keys, write_key
+from tests.edgepkg._repo_support import make_client, role_keys, write_key
 
 
 @pytest.fixture()
@@ -91,7 +91,9 @@ def test_client_refuses_expired_timestamp_until_refresh(tmp_path: Path, keys) ->
 
 def test_refresh_reports_expired_offline_role_for_monitoring(tmp_path: Path, keys) -> None:
     repo = tmp_path / "repo"
-    erepo.init_repo(repo, keys, expires={"targets": "2d"}, now=datetime.now(UTC) - timedelta(days=3))
+    erepo.init_repo(
+        repo, keys, expires={"targets": "2d"}, now=datetime.now(UTC) - timedelta(days=3)
+    )
     result = erepo.refresh(repo)
     assert result.exit_code == erepo.REFRESH_CRITICAL
     assert any("targets" in e for e in result.expired)
@@ -217,7 +219,9 @@ def test_list_releases_refuses_tampered_targets_metadata(repo: Path) -> None:
 
 
 @pytest.mark.parametrize("role", ["targets", "snapshot"])
-def test_rotating_an_online_or_targets_key_keeps_clients_working(tmp_path: Path, keys, role: str) -> None:
+def test_rotating_an_online_or_targets_key_keeps_clients_working(
+    tmp_path: Path, keys, role: str
+) -> None:
     repo = tmp_path / "repo"
     erepo.init_repo(repo, keys)
     make_client(repo, tmp_path / "before").refresh()
@@ -228,4 +232,4 @@ def test_rotating_an_online_or_targets_key_keeps_clients_working(tmp_path: Path,
     erepo.refresh(repo, force=True)
     client = make_client(repo, tmp_path / "after")
     client.refresh()
-    assert old not in client._trusted_set.root.roles[role].keyids  # noqa: SLF001
+    assert old not in client._trusted_set.root.roles[role].keyids

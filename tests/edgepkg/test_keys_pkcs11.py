@@ -210,7 +210,8 @@ def test_data_objects_round_trip_replace_and_survive_reopen(softhsm_token: SoftH
         "import sys, pkcs11; from pkcs11 import Attribute, ObjectClass;"
         "t = pkcs11.lib(sys.argv[1]).get_token(token_label=sys.argv[2]);"
         "s = t.open(user_pin=sys.argv[3] or None);"
-        "print(sorted(o[Attribute.LABEL] for o in s.get_objects({Attribute.CLASS: ObjectClass.DATA})))"
+        "print(sorted(o[Attribute.LABEL]"
+        " for o in s.get_objects({Attribute.CLASS: ObjectClass.DATA})))"
     )
     for pin, expected in (("", "[]"), (softhsm_token.pin, "['release-keys', 'tuf-root-sha256']")):
         out = subprocess.run(
@@ -259,7 +260,7 @@ def test_concurrent_use_from_threads(softhsm_token: SoftHSMToken) -> None:
                 assert recipient.exchange(eph.public_key()) == eph.exchange(
                     ec.ECDH(), recipient.public_key()
                 )
-        except BaseException as exc:  # noqa: BLE001 - collected and re-raised below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(4)]

@@ -78,7 +78,9 @@ def test_unpack_for_non_recipient_exits_1_and_writes_nothing(tmp_path, keys, eng
     out = tmp_path / "restored.engine"
     assert main(["unpack", str(bundle), "--key", str(keys["other"]),
                  "--trusted-key", str(keys["sign_pub"]), "-o", str(out)]) == 1
-    assert "not a recipient" in capsys.readouterr().err.replace("none of the given keys is a", "not a")
+    assert "not a recipient" in capsys.readouterr().err.replace(
+        "none of the given keys is a", "not a"
+    )
     assert not out.exists()
 
 
