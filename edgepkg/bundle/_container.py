@@ -234,7 +234,13 @@ def read_commitment(fh: BinaryIO, header: Header) -> tuple[Commitment, int]:
     anywhere after the header lands here), TamperedError when the checksum does not match, the
     block is malformed, or bytes follow the trailer.
     """
-    fh.seek(header.payload_offset + header.payload_length)
+    end = header.payload_offset + header.payload_length
+    if fh.seek(0, 2) < end + 2:  # also keeps a corrupt (huge) payload length out of seek()
+        raise TruncatedError(
+            "bundle ends before its commitment trailer: the file is cut short "
+            "(an incomplete download or copy)"
+        )
+    fh.seek(end)
     prefix = fh.read(2)
     if len(prefix) != 2:
         raise TruncatedError(
