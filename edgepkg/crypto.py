@@ -291,3 +291,13 @@ Ed25519PublicKey = ed25519.Ed25519PublicKey
 Ed25519PrivateKey = ed25519.Ed25519PrivateKey
 EllipticCurvePublicKey = ec.EllipticCurvePublicKey
 EllipticCurvePrivateKey = ec.EllipticCurvePrivateKey
+
+
+# --- key grants ------------------------------------------------------------------------------
+
+
+def as_p256_public_key(key: PublicKey, what: str = "device key") -> ec.EllipticCurvePublicKey:
+    """``key`` typed as a P-256 public key (what HPKE wraps to); KeyError_ for any other key."""
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise KeyError_(f"the {what} must be a P-256 public key (an HPKE recipient)")
+    return key

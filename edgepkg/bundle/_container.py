@@ -1,4 +1,4 @@
-"""Binary layout of a bundle file (format version 1). Pure parsing of hostile bytes.
+"""Binary layout of a bundle file (format version 2). Pure parsing of hostile bytes.
 
 ::
 
@@ -13,18 +13,30 @@
     .       S     signature block (JSON: {"alg", "keyid", "sig" (base64)})
     .       2     recipient count R (1..1024)
     .       R x   [32 bytes key id][2 bytes length L][L bytes HPKE enc||ct]
-    .       ...   payload: AES-256-GCM STREAM chunks (edgepkg.crypto.seal_chunks)
+    .       P     payload (P = payload length): AES-256-GCM STREAM chunks (crypto.seal_chunks)
+    .       2     commitment block length C (<= 1 KiB)
+    .       C     commitment block (JSON, see :class:`Commitment`), signed by the manifest signer
+    .       32    trailer checksum: SHA-256(TRAILER_DOMAIN || C as 2 bytes || commitment block)
 
-The header fields outside the manifest are not signed, but each is checked: magic and version
-are exact, flags must be zero, the payload length must match the file, and the key ids and
-wrapped keys are bound to the manifest (the manifest lists the recipients, the HPKE ``info``
-carries the manifest hash).
+The header fields outside the manifest are not signed by the manifest signature, but each is
+checked: magic and version are exact, flags must be zero, the key ids and wrapped keys are bound
+to the manifest (the manifest lists the recipients, the HPKE ``info`` carries the manifest hash).
+
+Format 2 adds the **commitment**: written after the payload (its digest is only known then, and
+the manifest cannot carry it because the manifest hash is the chunks' associated data), it holds
+the SHA-256 of every header byte (offset 0 up to the payload), the payload length and the
+payload's SHA-256, signed by the release key that signed the manifest. The trailing checksum
+covers the commitment block itself, so *without any key* a reader can tell that a file is whole
+and unmodified (any cut or flipped byte changes a digest); *with* the trusted key, that it is
+byte for byte the file the release key produced. Format 1 files (no commitment) are refused:
+none was ever shipped, and accepting them would let anyone strip the commitment off a file.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -40,12 +52,19 @@ from edgepkg.errors import (
 )
 
 MAGIC = b"\x89EPKG\r\n\x1a"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _FIXED = struct.Struct(">8sHHQI")
 MAX_MANIFEST = 1 << 20
 MAX_SIGNATURE_BLOCK = 4096
 MAX_RECIPIENTS = 1024
 WRAPPED_KEY_BYTES = 65 + 32 + 16
+MAX_COMMITMENT_BLOCK = 1024
+CHECKSUM_BYTES = 32
+# Domain separation: a commitment signature can never be taken for a manifest signature (or the
+# reverse), and the trailer checksum is not a hash of anything else in the file.
+COMMITMENT_DOMAIN = b"edgepkg/2 bundle commitment\x00"
+TRAILER_DOMAIN = b"edgepkg/2 trailer\x00"
+_SHA256_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -118,7 +137,8 @@ def read_header(fh: BinaryIO) -> Header:
     if version != FORMAT_VERSION:
         raise UnsupportedVersionError(
             f"bundle format version {version} is not supported (this build reads {FORMAT_VERSION});"
-            " upgrade edgepkg"
+            + (" repackage it with this edgepkg (format 1 carries no whole-file commitment)"
+               if version < FORMAT_VERSION else " upgrade edgepkg")
         )
     if flags != 0:
         raise UnsupportedVersionError(f"bundle uses unknown flags 0x{flags:04x}")
@@ -160,3 +180,118 @@ def _read(fh: BinaryIO, n: int, what: str) -> bytes:
     if len(data) != n:
         raise TruncatedError(f"bundle ends inside its {what}")
     return data
+
+
+# --- the commitment trailer (format 2) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """What the release key commits to about the whole file, beyond the manifest.
+
+    ``signed_bytes()`` is what the signature covers (domain-separated canonical JSON).
+    """
+
+    header_sha256: str  # SHA-256 of bytes [0, payload offset): fixed header .. recipients
+    payload_length: int
+    payload_sha256: str
+    signature: Signature
+
+    def body(self) -> dict[str, object]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "header_sha256": self.header_sha256,
+            "payload_length": self.payload_length,
+            "payload_sha256": self.payload_sha256,
+        }
+
+    def signed_bytes(self) -> bytes:
+        return COMMITMENT_DOMAIN + _canonical(self.body())
+
+    def to_trailer(self) -> bytes:
+        """The bytes that follow the payload: length, block, checksum."""
+        sig = self.signature
+        block = _canonical(
+            {**self.body(), "alg": sig.alg, "keyid": sig.keyid,
+             "sig": base64.b64encode(sig.sig).decode()}
+        )
+        if len(block) > MAX_COMMITMENT_BLOCK:
+            raise BundleError(f"commitment block of {len(block)} bytes exceeds the limit")
+        prefix = struct.pack(">H", len(block))
+        return prefix + block + hashlib.sha256(TRAILER_DOMAIN + prefix + block).digest()
+
+
+def commitment_signed_bytes(header_sha256: str, payload_length: int, payload_sha256: str) -> bytes:
+    """What a writer signs (before it has a signature to build a :class:`Commitment` with)."""
+    placeholder = Signature(alg="", keyid="", sig=b"")
+    return Commitment(header_sha256, payload_length, payload_sha256, placeholder).signed_bytes()
+
+
+def read_commitment(fh: BinaryIO, header: Header) -> tuple[Commitment, int]:
+    """Parse the trailer after ``header``'s payload; returns it and the exact file size.
+
+    Seeks ``fh``. Raises TruncatedError when the file ends before the trailer does (a cut
+    anywhere after the header lands here), TamperedError when the checksum does not match, the
+    block is malformed, or bytes follow the trailer.
+    """
+    end = header.payload_offset + header.payload_length
+    if fh.seek(0, 2) < end + 2:  # also keeps a corrupt (huge) payload length out of seek()
+        raise TruncatedError(
+            "bundle ends before its commitment trailer: the file is cut short "
+            "(an incomplete download or copy)"
+        )
+    fh.seek(end)
+    prefix = fh.read(2)
+    if len(prefix) != 2:
+        raise TruncatedError(
+            "bundle ends before its commitment trailer: the file is cut short "
+            "(an incomplete download or copy)"
+        )
+    (length,) = struct.unpack(">H", prefix)
+    if not 2 <= length <= MAX_COMMITMENT_BLOCK:
+        raise TamperedError(f"commitment block length {length} is out of range (corrupt bundle)")
+    rest = fh.read(length + CHECKSUM_BYTES)
+    if len(rest) != length + CHECKSUM_BYTES:
+        raise TruncatedError("bundle ends inside its commitment trailer: the file is cut short")
+    block, checksum = rest[:length], rest[length:]
+    if hashlib.sha256(TRAILER_DOMAIN + prefix + block).digest() != checksum:
+        raise TamperedError("bundle trailer checksum does not match: the file is corrupt")
+    if fh.read(1):
+        raise TamperedError("bundle has trailing data after its commitment trailer")
+    commitment = _parse_commitment(block)
+    if commitment.payload_length != header.payload_length:
+        raise TamperedError("the header's payload length differs from the committed length")
+    size = header.payload_offset + header.payload_length + 2 + length + CHECKSUM_BYTES
+    return commitment, size
+
+
+def _parse_commitment(block: bytes) -> Commitment:
+    try:
+        data = json.loads(block)
+    except (ValueError, UnicodeDecodeError):
+        raise TamperedError("commitment block is not valid JSON (corrupt bundle)") from None
+    expected = {"format_version", "header_sha256", "payload_length", "payload_sha256",
+                "alg", "keyid", "sig"}
+    if not isinstance(data, dict) or set(data) != expected:
+        raise TamperedError("commitment block has missing or unknown fields (corrupt bundle)")
+    length = data["payload_length"]
+    ok = (
+        data["format_version"] == FORMAT_VERSION
+        and _is_hex64(data["header_sha256"])
+        and _is_hex64(data["payload_sha256"])
+        and isinstance(length, int) and not isinstance(length, bool) and length >= 0
+    )
+    if not ok:
+        raise TamperedError("commitment block has an invalid field (corrupt bundle)")
+    sig = Signature.from_block(
+        _canonical({"alg": data["alg"], "keyid": data["keyid"], "sig": data["sig"]})
+    )
+    return Commitment(data["header_sha256"], length, data["payload_sha256"], sig)
+
+
+def _is_hex64(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _SHA256_HEX
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()

@@ -21,6 +21,7 @@ from edgepkg.errors import Error, UsageError
 # Sub-command modules, in help order. A module missing from an install is skipped.
 _COMMAND_MODULES = (
     "edgepkg.cli._package",
+    "edgepkg.cli._grant",
     "edgepkg.cli._keys",
     "edgepkg.cli._repo",
     "edgepkg.cli._demo",

@@ -19,8 +19,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--version", required=True, help="semantic version, e.g. 1.2.0")
     p.add_argument("--sign-key", required=True, metavar="REF",
                    help="release signing key: PEM path or pkcs11: URI")
-    p.add_argument("--recipient", action="append", required=True, metavar="PUB",
+    p.add_argument("--recipient", action="append", default=[], metavar="PUB",
                    help="recipient public key (fleet or device; P-256 PEM or pkcs11: URI); repeat")
+    p.add_argument("--key-service", action="append", default=[], metavar="PUB",
+                   help="key-service public key: devices enrolled later get the data key through "
+                        "a key grant (edgepkg grant); repeat. Give this or --recipient")
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
     p.add_argument("--require", action="append", default=[], metavar="KEY=VALUE",
                    help="requirement the file cannot tell, e.g. gpu_sm=87; repeat")
@@ -39,16 +42,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_inspect)
 
-    p = sub.add_parser("verify", help="check a bundle's signature against trusted keys (exit 0/1)")
-    p.add_argument("bundle")
-    p.add_argument("--trusted-key", action="append", required=True, metavar="PUB")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "verify", help="check that a bundle is whole and (with --trusted-key) signed (exit 0/1)",
+        description="Without keys: check that every byte of the file matches the digests it "
+        "commits to (truncation, corruption). With --trusted-key: also check that a trusted "
+        "release key signed the manifest and those digests.")
+    p.add_argument("bundle", help="bundle file (.edgepkg)")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                   help="trusted release public key (PEM path or pkcs11: URI); repeat")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("unpack", help="verify, decrypt and decompress a bundle to a model file")
     p.add_argument("bundle")
     p.add_argument("--key", action="append", required=True, metavar="REF",
-                   help="recipient private key: PEM path or pkcs11: URI; repeat")
+                   help="recipient private key (with --grant: the device key): PEM path or "
+                        "pkcs11: URI; repeat")
+    p.add_argument("--grant", metavar="FILE",
+                   help="key grant (edgepkg grant) that gives --key the data key")
+    p.add_argument("--device-id", metavar="ID",
+                   help="with --grant: this device's id (default: the id of --key)")
     p.add_argument("--trusted-key", action="append", required=True, metavar="PUB")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--json", action="store_true")
@@ -72,8 +85,11 @@ def _package(args: argparse.Namespace) -> int:
 
     check_name(args.name)  # usage errors (exit 2) before touching keys
     parse_version(args.version)
+    if not args.recipient and not args.key_service:
+        raise UsageError("give at least one --recipient or --key-service public key")
     signer = load_signer(args.sign_key)
-    recipients = [load_public_key(ref) for ref in args.recipient]
+    # A key-service key is a recipient like any other; the name says what it is for.
+    recipients = [load_public_key(ref) for ref in [*args.recipient, *args.key_service]]
     policy = {
         k: v
         for k, v in {
@@ -152,15 +168,22 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from edgepkg.bundle import verify_bundle
+    from edgepkg.bundle import check_bundle, verify_bundle
     from edgepkg.keys import load_public_key
 
-    info = verify_bundle(args.bundle, [load_public_key(ref) for ref in args.trusted_key])
+    trusted = [load_public_key(ref) for ref in args.trusted_key]
+    info = verify_bundle(args.bundle, trusted) if trusted else check_bundle(args.bundle)
     if args.json:
-        print_json({"verified": True, "signer_key_id": info.signer_key_id,
-                    "name": info.manifest.name, "version": info.manifest.version})
+        print_json({"verified": True, "intact": True, "signature_checked": bool(trusted),
+                    "signer_key_id": info.signer_key_id, "name": info.manifest.name,
+                    "version": info.manifest.version, "bundle_bytes": info.size,
+                    "payload_sha256": info.payload_sha256})
+    elif trusted:
+        print(f"OK: {info.manifest.name} {info.manifest.version} signed by {info.signer_key_id}"
+              f", whole file intact ({info.size} bytes)")
     else:
-        print(f"OK: {info.manifest.name} {info.manifest.version} signed by {info.signer_key_id}")
+        print(f"OK: {info.manifest.name} {info.manifest.version}: whole file intact "
+              f"({info.size} bytes); signatures NOT checked (give --trusted-key)")
     return 0
 
 
@@ -170,10 +193,11 @@ def _unpack(args: argparse.Namespace) -> int:
 
     keys = [load_recipient_key(ref) for ref in args.key]
     trusted = [load_public_key(ref) for ref in args.trusted_key]
+    source = _grant_source(args, keys)
     progress = Progress("unpacking", read_bundle_info(args.bundle).manifest.plaintext_length)
     try:
-        manifest = unpack_bundle(args.bundle, args.output, keys=keys, trusted_keys=trusted,
-                                 progress=progress)
+        manifest = unpack_bundle(args.bundle, args.output, keys=[] if source else keys,
+                                 trusted_keys=trusted, progress=progress, data_key_source=source)
     finally:
         progress.close()
     if args.json:
@@ -183,3 +207,21 @@ def _unpack(args: argparse.Namespace) -> int:
         print(f"unpacked {manifest.name} {manifest.version} -> {args.output} "
               f"(sha256 {manifest.plaintext_sha256[:16]}… verified)")
     return 0
+
+
+def _grant_source(args: argparse.Namespace, keys: list[Any]) -> Any:
+    """The data-key source for ``unpack --grant`` (None without --grant)."""
+    if args.grant is None:
+        if args.device_id:
+            raise UsageError("--device-id only goes with --grant")
+        return None
+    import datetime as dt
+    from pathlib import Path
+
+    from edgepkg.grants import KeyGrant, grant_key_source
+
+    if len(keys) != 1:
+        raise UsageError("with --grant give exactly one --key: the device key")
+    grant = KeyGrant.from_json(Path(args.grant).read_bytes())
+    return grant_key_source(grant, keys[0], device_id=args.device_id or keys[0].key_id,
+                            now=dt.datetime.now(dt.UTC))
