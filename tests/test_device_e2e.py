@@ -23,7 +23,10 @@ import pytest
 import requests
 
 from device_updater.config import Config
-from device_updater.daemon import Agent, HoldoutValidator, enroll_device, status
+from device_updater.agent import Agent
+from device_updater.enrollment import enroll_device
+from device_updater.status import status
+from device_updater.validator import HoldoutValidator
 from device_updater.errors import EnrollmentError
 from device_updater.keystore import Pkcs11Keystore, load_release_key_pem
 from device_updater.state import Phase
@@ -99,7 +102,7 @@ class World:
                                               deadline_seconds=3600), **kw)
 
     def healthy(self, version: str, ok: bool = True) -> None:
-        from device_updater.daemon import Layout
+        from device_updater.layout import Layout
         from device_updater.trial import HealthLog
 
         HealthLog(Layout(self.config.state_dir).health).append(HealthReport(
@@ -237,9 +240,9 @@ def test_operator_rollback_then_downgrade_assignment_refused(world: World) -> No
     agent.manual_rollback(MODEL)  # and forward again
     assert _active_plaintext(world) == world.models["2.0.0"]
     # a (compromised) server assigns 1.0.0 without allow_downgrade: refused
-    from device_updater.http import Assignment
+    from edgepkg.protocol import Assignment
 
-    agent._handle_assignment(Assignment(MODEL, "1.0.0", f"models/{MODEL}/1.0.0/{MODEL}-1.0.0.edgepkg",
+    agent.apply_assignment(Assignment(MODEL, "1.0.0", f"models/{MODEL}/1.0.0/{MODEL}-1.0.0.edgepkg",
                                         None, None, False))
     st = agent.store(MODEL).load()
     assert st.phase is Phase.REJECTED and "downgrade" in (st.reason or "")
@@ -305,7 +308,7 @@ def test_poll_with_nothing_new_is_one_small_request(world: World) -> None:
     report = agent.run_cycle()
     assert report.online and report.assignments == 0
     assert agent.client.requests_made - before == 1  # check-in only: no TUF traffic
-    assert agent._fetcher is None or agent._fetcher.requests_made == 0
+    assert agent.tuf_requests_made == 0
     assert body < 4096
 
 
@@ -313,13 +316,13 @@ def test_server_allowed_downgrade_needs_a_signed_reason(world: World) -> None:
     """allow_downgrade comes from the (unsigned) server reply: alone it is not enough. The
     older version must still be kept in the other slot, or the running release must have been
     withdrawn from the signed TUF targets."""
-    from device_updater.http import Assignment
+    from edgepkg.protocol import Assignment
 
     agent = world.agent()
     slots = {s["version"] for s in status(world.config)["models"][MODEL]["slots"].values() if s}
     assert "1.0.0" not in slots  # v3/v4/v5 attempts replaced v1 in the inactive slot
     target = f"models/{MODEL}/1.0.0/{MODEL}-1.0.0.edgepkg"
-    agent._handle_assignment(Assignment(MODEL, "1.0.0", target, None, None, True))
+    agent.apply_assignment(Assignment(MODEL, "1.0.0", target, None, None, True))
     st = agent.store(MODEL).load()
     assert st.phase is Phase.REJECTED and "downgrade" in (st.reason or ""), st
     assert _active_plaintext(world) == world.models["2.0.0"]
@@ -328,4 +331,4 @@ def test_server_allowed_downgrade_needs_a_signed_reason(world: World) -> None:
     active = agent.slots(MODEL).active()
     assert active is not None and active.version == "2.0.0"
     erepo.revoke(world.repo, MODEL, "2.0.0", reason="test: withdrawn")
-    world.agent()._check_signed_downgrade(MODEL, "1.0.0", active)  # no longer refused
+    world.agent().check_signed_downgrade(MODEL, "1.0.0", active)  # no longer refused
