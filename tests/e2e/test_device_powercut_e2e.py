@@ -53,7 +53,7 @@ from edgepkg import keys as ekeys
 from edgepkg import repo as erepo
 from edgepkg.bundle import package_model
 from edgepkg.formats.build import blobs_dataset, onnx_mlp_classifier, train_mlp
-from tests._powercut_harness import Cut, Run, ThrottledTargets, run_updater
+from tests.e2e._powercut_harness import Cut, Run, ThrottledTargets, run_updater
 from tests.test_repo_support import role_keys, write_key, write_public
 
 MODEL = "clf"
