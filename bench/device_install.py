@@ -94,7 +94,7 @@ def child(args: argparse.Namespace) -> None:
     is made active in slot ``a`` (as after a committed install) and, for ``delta`` (not
     ``delta-cold``), exported to the runtime dir like the daemon does at every switch.
     """
-    from device_updater.daemon import install_delta, install_full
+    from device_updater.install import install_delta, install_full
     from device_updater.keystore import FileKeystore
     from device_updater.slots import BundleSealer, ModelSummary, SlotStore
     from device_updater.tuf_client import DeviceFetcher, TufSession
@@ -124,9 +124,8 @@ def child(args: argparse.Namespace) -> None:
     t_fetch = time.perf_counter() - t0
     info = verify_bundle(path, trusted)
     summary = ModelSummary.from_mapping(info.manifest.summary())
-    if (
-        info.manifest.delta
-    ):  # the candidate is the full release's summary (TUF custom in the daemon)
+    # the candidate is the full release's summary (TUF custom in the agent)
+    if info.manifest.delta:
         summary = ModelSummary.from_mapping(json.loads((work / "v2.summary.json").read_text()))
     keys = [ks.recipient_key()]
     if args.kind == "full":

@@ -49,7 +49,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STD_ATTRS and not key.startswith("_"):
-                doc[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
+                plain = isinstance(value, str | int | float | bool | None)
+                doc[key] = value if plain else str(value)
         if record.exc_info and record.exc_info[0] is not None:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, separators=(",", ":"))
@@ -63,7 +64,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edge-updater", description="Secure over-the-air model updater (device side)")
-    p.add_argument("-c", "--config", help=f"TOML config (default ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+    p.add_argument("-c", "--config",
+                   help=f"TOML config (default ${CONFIG_ENV} or {DEFAULT_CONFIG})")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -125,13 +127,13 @@ def make_keystore(config: Config) -> Any:
 
 
 def _agent(config: Config, stop: threading.Event | None = None) -> Any:
-    from device_updater.daemon import Agent
+    from device_updater.agent import Agent
 
     return Agent(config, make_keystore(config), stop=stop)
 
 
 def _model(config: Config, name: str | None) -> str:
-    from device_updater.daemon import Layout
+    from device_updater.layout import Layout
 
     names = Layout(config.state_dir).model_names()
     if name:
@@ -160,7 +162,7 @@ def _setup_logging(config: Config | None, verbose: bool) -> None:
 
 
 def _cmd_enroll(args: argparse.Namespace, config: Config) -> int:
-    from device_updater.daemon import enroll_device
+    from device_updater.enrollment import enroll_device
     from device_updater.keystore import load_release_key_pem
 
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -202,7 +204,7 @@ def _cmd_check(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, config: Config) -> int:
-    from device_updater.daemon import status
+    from device_updater.status import status
 
     doc = status(config)
     if args.json:
@@ -230,7 +232,7 @@ def _cmd_rollback(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_current_model(args: argparse.Namespace, config: Config) -> int:
-    from device_updater.daemon import Layout
+    from device_updater.layout import Layout
     from device_updater.slots import BundleSealer, SlotStore
 
     agent_keystore = make_keystore(config)
@@ -249,7 +251,7 @@ def _cmd_current_model(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_report_health(args: argparse.Namespace, config: Config) -> int:
-    from device_updater.daemon import Layout
+    from device_updater.layout import Layout
     from device_updater.trial import HealthLog, HealthReport
 
     report = HealthReport.from_dict({

@@ -34,14 +34,13 @@ from device_updater._fsutil import (
     remove_durably,
 )
 from device_updater.errors import EventQueueError
+from edgepkg.protocol import EVENT_TYPES as _PROTOCOL_EVENT_TYPES
+from edgepkg.protocol import MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = frozenset({
-    "download_started", "download_finished", "verification_failed", "validation_result",
-    "installed", "trial_started", "committed", "rolled_back", "rejected",
-})
-MAX_EVENT_BYTES = 32 * 1024
+# The event types and the size limit are the device<->server contract's (one copy).
+EVENT_TYPES = frozenset(_PROTOCOL_EVENT_TYPES)
 _NAME = re.compile(r"^(\d{20})-([0-9a-f-]{36})\.json$")
 
 

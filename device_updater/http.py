@@ -16,28 +16,41 @@ too large: untrusted input).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import requests
 
 from device_updater import errors
 from device_updater.errors import TransportError, UntrustedDeviceInputError
+from edgepkg.errors import ProtocolError
+from edgepkg.protocol import (
+    HEADER_DEVICE,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    CheckinResponse,
+    EnrollResult,
+    parse_checkin_response,
+    parse_enroll_response,
+    parse_events_ack,
+    parse_rollout_status,
+    path_with_query,
+    signing_string,
+)
 
-AUTH_DOMAIN = "EDGEPKG-DEVICE-V1"
 MAX_RESPONSE_BYTES = 1 << 20  # JSON API answers are small; refuse anything bigger than 1 MiB
 DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds
 
 
 __all__ = [
-    "Assignment", "BadResponseError", "CheckinResponse", "DeviceAuth", "DeviceClient",
-    "EnrollResult", "ServerRefusedError", "TransportError", "enroll", "signing_string",
+    "BadResponseError", "DeviceAuth", "DeviceClient", "ServerRefusedError", "TransportError",
+    "enroll",
 ]
 
 
@@ -52,20 +65,6 @@ class ServerRefusedError(errors.ServerRefusedError):
 
 class BadResponseError(UntrustedDeviceInputError):
     """The server's answer is malformed, of the wrong shape, or too large."""
-
-
-def signing_string(method: str, path_with_query: str, timestamp: int, nonce: str, body: bytes) -> bytes:
-    """The exact bytes a device signs for one request (pure)."""
-    digest = hashlib.sha256(body).hexdigest()
-    text = f"{AUTH_DOMAIN}\n{method.upper()}\n{path_with_query}\n{timestamp}\n{nonce}\n{digest}"
-    return text.encode("utf-8")
-
-
-def path_with_query(url: str) -> str:
-    """The request target a server sees: path plus ``?query`` when there is one."""
-    parts = urlsplit(url)
-    path = parts.path or "/"
-    return f"{path}?{parts.query}" if parts.query else path
 
 
 class DeviceAuth:
@@ -87,46 +86,11 @@ class DeviceAuth:
         nonce = secrets.token_hex(16)
         signature = self._sign(signing_string(method, path_with_query(url), timestamp, nonce, body))
         return {
-            "X-Edgepkg-Device": self.device_id,
-            "X-Edgepkg-Timestamp": str(timestamp),
-            "X-Edgepkg-Nonce": nonce,
-            "X-Edgepkg-Signature": base64.b64encode(signature).decode("ascii"),
+            HEADER_DEVICE: self.device_id,
+            HEADER_TIMESTAMP: str(timestamp),
+            HEADER_NONCE: nonce,
+            HEADER_SIGNATURE: base64.b64encode(signature).decode("ascii"),
         }
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """What the server asks this device to install (validated shape, still untrusted content)."""
-
-    model: str
-    version: str
-    target: str
-    delta_target: str | None
-    rollout_id: str | None
-    allow_downgrade: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "action": "install",
-            "model": self.model,
-            "version": self.version,
-            "target": self.target,
-            "delta_target": self.delta_target,
-            "rollout_id": self.rollout_id,
-            "allow_downgrade": self.allow_downgrade,
-        }
-
-
-@dataclass(frozen=True)
-class CheckinResponse:
-    poll_interval: int
-    assignments: list[Assignment]
-
-
-@dataclass(frozen=True)
-class EnrollResult:
-    device_id: str
-    poll_interval: int
 
 
 def _join(base: str, path: str) -> str:
@@ -174,7 +138,8 @@ def _request(
     except requests.Timeout as exc:
         raise TransportError(f"{method} {url}: timed out") from exc
     except requests.RequestException as exc:
-        raise TransportError(f"{method} {url}: cannot reach the server ({exc.__class__.__name__})") from exc
+        raise TransportError(
+            f"{method} {url}: cannot reach the server ({exc.__class__.__name__})") from exc
     data = _read_limited(resp, MAX_RESPONSE_BYTES)
     status = resp.status_code
     if status >= 500 or status == 429:
@@ -196,42 +161,14 @@ def _request(
         raise BadResponseError(f"{method} {url}: answer is not JSON") from exc
 
 
-def _expect(cond: bool, what: str) -> None:
-    if not cond:
-        raise BadResponseError(f"server answer is malformed: {what}")
-
-
-def _poll_interval(value: Any) -> int:
-    _expect(isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 7 * 86400,
-            "poll_interval must be an integer number of seconds between 1 and 604800")
-    return int(value)
-
-
-def _opt_str(value: Any, what: str, max_len: int = 512) -> str | None:
-    if value is None:
-        return None
-    _expect(isinstance(value, str) and 0 < len(value) <= max_len, what)
-    return str(value)
-
-
-def parse_assignment(raw: Any) -> Assignment:
-    """Check the shape of one assignment (pure). Content is still checked against TUF later."""
-    _expect(isinstance(raw, dict), "assignment is not an object")
-    _expect(raw.get("action") == "install", "assignment action is not 'install'")
-    model = _opt_str(raw.get("model"), "assignment model", 128)
-    version = _opt_str(raw.get("version"), "assignment version", 64)
-    target = _opt_str(raw.get("target"), "assignment target")
-    _expect(model is not None and version is not None and target is not None,
-            "assignment needs model, version and target")
-    allow = raw.get("allow_downgrade", False)
-    _expect(isinstance(allow, bool), "allow_downgrade must be a boolean")
-    assert model is not None and version is not None and target is not None
-    return Assignment(
-        model=model, version=version, target=target,
-        delta_target=_opt_str(raw.get("delta_target"), "assignment delta_target"),
-        rollout_id=_opt_str(raw.get("rollout_id"), "assignment rollout_id", 128),
-        allow_downgrade=allow,
-    )
+@contextmanager
+def _parsing(what: str) -> Iterator[None]:
+    """The server's answers are untrusted: a contract violation is the device's
+    :class:`BadResponseError` (the protocol's parsers raise :class:`ProtocolError`)."""
+    try:
+        yield
+    except ProtocolError as exc:
+        raise BadResponseError(f"{what} is malformed: {exc}") from exc
 
 
 def enroll(
@@ -251,10 +188,8 @@ def enroll(
                  "facts": dict(facts), "tags": list(tags)},
         auth=None, timeout=timeout,
     )
-    _expect(isinstance(answer, dict), "enroll answer is not an object")
-    device_id = answer.get("device_id")
-    _expect(isinstance(device_id, str) and len(device_id) == 64, "device_id is not a key id")
-    return EnrollResult(device_id=str(device_id), poll_interval=_poll_interval(answer.get("poll_interval", 300)))
+    with _parsing("the enroll answer"):
+        return parse_enroll_response(answer)
 
 
 class DeviceClient:
@@ -285,24 +220,16 @@ class DeviceClient:
 
     def checkin(self, report: Mapping[str, Any]) -> CheckinResponse:
         answer = self._call("POST", f"{self._base}/checkin", report)
-        _expect(isinstance(answer, dict), "check-in answer is not an object")
-        raw = answer.get("assignments", [])
-        _expect(isinstance(raw, list) and len(raw) <= 64, "assignments must be a list (at most 64)")
-        return CheckinResponse(
-            poll_interval=_poll_interval(answer.get("poll_interval", 300)),
-            assignments=[parse_assignment(a) for a in raw],
-        )
+        with _parsing("the check-in answer"):
+            return parse_checkin_response(answer)
 
     def post_events(self, events: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
         answer = self._call("POST", f"{self._base}/events", {"events": list(events)})
-        _expect(isinstance(answer, dict), "events answer is not an object")
-        accepted, duplicates = answer.get("accepted", 0), answer.get("duplicates", 0)
-        _expect(isinstance(accepted, int) and isinstance(duplicates, int), "accepted/duplicates")
-        return int(accepted), int(duplicates)
+        with _parsing("the events answer"):
+            ack = parse_events_ack(answer)
+        return ack.accepted, ack.duplicates
 
     def rollout_status(self, rollout_id: str) -> str:
         answer = self._call("GET", f"{self._base}/rollouts/{quote(rollout_id, safe='')}")
-        _expect(isinstance(answer, dict), "rollout answer is not an object")
-        status = answer.get("status")
-        _expect(status in ("running", "paused", "aborted", "completed"), "unknown rollout status")
-        return str(status)
+        with _parsing("the rollout answer"):
+            return parse_rollout_status(answer)

@@ -291,14 +291,27 @@ class RollBack:
 
 
 @dataclass(frozen=True)
+class FallBackToFull:
+    """Give up the delta and install the full bundle instead: DOWNLOADING/VERIFYING/INSTALLING
+    -> the same phase with ``delta_target`` cleared (the full target is fetched and verified by
+    the step that runs next). Legal only while a delta is in use, so it happens at most once
+    per target; it counts as a transition (the crash-loop cap applies) and records the reason.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Reset:
     """Outcome -> IDLE, remembering the outcome in ``last_outcome``."""
 
 
 Event = (
     Start | Downloaded | Verified | Installed | Validated | Switched | TrialProgress | Committed
-    | Retry | Reject | RollBack | Reset
+    | Retry | Reject | RollBack | FallBackToFull | Reset
 )
+
+_FALLBACK_PHASES = frozenset({Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING})
 
 
 def _outcome(s: UpdateState) -> dict[str, Any] | None:
@@ -379,6 +392,10 @@ def transition(state: UpdateState, event: Event, now: float,
                 return _give_up(s, f"gave up after {s.attempts + 1} attempts: {event.reason}",
                                 now)
             new = replace(s, attempts=s.attempts + 1, reason=event.reason, **bump)
+        case FallBackToFull():
+            if s.phase not in _FALLBACK_PHASES or s.delta_target is None:
+                raise _illegal(s, event)
+            new = replace(s, delta_target=None, reason=f"delta not used: {event.reason}", **bump)
         case Reject():
             if not (s.phase.before_switch or s.phase is Phase.SWITCHING):
                 raise _illegal(s, event)

@@ -18,11 +18,11 @@ from device_updater.http import (
     DeviceClient,
     ServerRefusedError,
     enroll,
-    parse_assignment,
-    signing_string,
 )
 from device_updater.keystore import FileKeystore, device_id, device_public_key_pem
+from edgepkg.errors import ProtocolError
 from edgepkg.keys import verify_signature
+from edgepkg.protocol import parse_assignment, signing_string
 
 
 @pytest.fixture(scope="module")
@@ -180,10 +180,12 @@ def test_hostile_or_broken_answers_get_typed_errors(tmp_path: Path, status: int,
 
 
 def test_assignment_parser_checks_shape() -> None:
+    """The device parses assignments with the contract's parser (ProtocolError names the field;
+    the client maps it to BadResponseError at the HTTP edge, see the hostile-answer cases)."""
     a = parse_assignment({"action": "install", "model": "m", "version": "1.0.0",
                           "target": "models/m/1.0.0/m-1.0.0.edgepkg", "delta_target": None,
                           "rollout_id": "r1", "allow_downgrade": False})
     assert a.model == "m" and a.rollout_id == "r1"
-    with pytest.raises(BadResponseError):
+    with pytest.raises(ProtocolError):
         parse_assignment({"action": "install", "model": "m", "version": "1.0.0", "target": "t",
                           "allow_downgrade": "yes"})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_updater.daemon import install_delta
+from device_updater.install import install_delta
 from device_updater.keystore import FileKeystore
 from device_updater.slots import BundleSealer, ModelSummary, SlotStore, export_path
 from edgepkg import keys as ekeys

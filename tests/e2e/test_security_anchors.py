@@ -18,7 +18,8 @@ import requests
 from tuf.api.metadata import Metadata, Root
 
 from device_updater.config import Config
-from device_updater.daemon import Agent, enroll_device
+from device_updater.agent import Agent
+from device_updater.enrollment import enroll_device
 from device_updater.keystore import (
     ANCHORS_LABEL,
     AnchorsAlreadyProvisionedError,

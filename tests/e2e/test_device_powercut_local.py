@@ -1,6 +1,6 @@
 """Local power-cut campaign: SIGKILL the install at every persisted step and at random instants.
 
-This module is also the *driver*: ``python tests/test_device_powercut_local.py ROOT TARGET``
+This module is also the *driver*: ``python tests/e2e/test_device_powercut_local.py ROOT TARGET``
 runs start-up recovery (``run_recovery``) and then a minimal install loop through every phase
 (persist before acting) using the real ``StateStore`` / ``SlotStore`` / ``BundleSealer``. With
 ``KILL_AT=N`` it SIGKILLs itself right before or after the N-th *persist point* (a state save, a
@@ -30,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if __name__ == "__main__":  # driver mode: make the repository importable
     sys.path.insert(0, str(REPO))
 

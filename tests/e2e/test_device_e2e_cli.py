@@ -12,7 +12,7 @@ from device_updater.cli import JsonFormatter
 
 
 def _run(*argv: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     args = [sys.executable, "-m", "device_updater"]
     if config is not None:
         args += ["-c", str(config)]

@@ -1,4 +1,4 @@
-"""Helpers for the whole-cycle power-cut campaign (tests/test_device_powercut_e2e.py).
+"""Helpers for the whole-cycle power-cut campaign (tests/e2e/test_device_powercut_e2e.py).
 
 * :class:`ThrottledTargets`: WSGI middleware that slows the update server's ``/tuf/targets/``
   responses (full and ``Range`` ones alike) so that a kill lands in the middle of a download.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ThrottledTargets:

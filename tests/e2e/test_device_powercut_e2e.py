@@ -43,7 +43,8 @@ import pytest
 import requests
 
 from device_updater.config import Config
-from device_updater.daemon import Layout, enroll_device
+from device_updater.enrollment import enroll_device
+from device_updater.layout import Layout
 from device_updater.keystore import Pkcs11Keystore, load_release_key_pem
 from device_updater.slots import BundleSealer, SlotStore
 from device_updater.state import Phase, StateStore, UpdateState
@@ -52,7 +53,7 @@ from edgepkg import keys as ekeys
 from edgepkg import repo as erepo
 from edgepkg.bundle import package_model
 from edgepkg.formats.build import blobs_dataset, onnx_mlp_classifier, train_mlp
-from tests._powercut_harness import Cut, Run, ThrottledTargets, run_updater
+from tests.e2e._powercut_harness import Cut, Run, ThrottledTargets, run_updater
 from tests.edgepkg._repo_support import role_keys, write_key, write_public
 
 MODEL = "clf"
