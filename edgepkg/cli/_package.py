@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy-max-latency-ratio", type=float,
                    help="largest allowed p95 latency ratio vs the running model")
     p.add_argument("-o", "--output", required=True, help="bundle file to write")
+    p.add_argument("--check-load", action="store_true",
+                   help="first load the model with its runtime (onnxruntime, LiteRT, TFLM)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=_package)
 
@@ -72,6 +74,9 @@ def _package(args: argparse.Namespace) -> int:
 
     check_name(args.name)  # usage errors (exit 2) before touching keys
     parse_version(args.version)
+    if args.check_load:  # refuse a model its runtime cannot load, before any key is used
+        from edgepkg.formats import check_load
+        check_load(args.model, format=args.format, requirements=_parse_requirements(args.require))
     signer = load_signer(args.sign_key)
     recipients = [load_public_key(ref) for ref in args.recipient]
     policy = {
