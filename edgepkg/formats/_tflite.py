@@ -172,17 +172,19 @@ def parse_tflite(data: bytes) -> TfliteSummary:
     per_subgraph: dict[int, tuple[dict[int, int], list[dict[str, Any]]]] = {}
     per_operator: dict[int, tuple[int, dict[str, Any] | None]] = {}
     checked_tensors: set[int] = set()
+    edgetpu_ops = 0
     for sg in subgraphs:
         if sg.pos not in per_subgraph:
             per_subgraph[sg.pos] = _scan_subgraph(data, buf, sg, opcodes, per_operator)
             _check_tensor_buffers(sg, buffers, checked_tensors)
+            edgetpu_packages.extend(per_subgraph[sg.pos][1])  # distinct: same max and versions
         counts, packages = per_subgraph[sg.pos]
+        edgetpu_ops += len(packages)
         n_ops += sum(counts.values())
         if n_ops > MAX_OPERATORS:
             raise FbError(f"more than {MAX_OPERATORS} operators")
         for idx, n in counts.items():
             opcodes[idx].count += n
-        edgetpu_packages.extend(packages)
 
     main = subgraphs[0]
     tensors = list(main.tables(0))
@@ -212,7 +214,7 @@ def parse_tflite(data: bytes) -> TfliteSummary:
     edgetpu = None
     if edgetpu_packages:
         edgetpu = {
-            "ops": len(edgetpu_packages),
+            "ops": edgetpu_ops,
             "min_runtime_version": max(p["min_runtime_version"] for p in edgetpu_packages),
             "compiler_versions": sorted({p["compiler_version"] or "" for p in edgetpu_packages}),
         }
