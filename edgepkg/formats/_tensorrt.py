@@ -38,7 +38,7 @@ def engine_offset(prefix: bytes) -> int | None:
         return 0
     if len(prefix) < 8:
         return None
-    (n,) = struct.unpack_from("<i", prefix, 0)
+    n = int(struct.unpack_from("<i", prefix, 0)[0])
     if 0 < n <= MAX_METADATA_BYTES and prefix[4 + n : 8 + n] == MAGIC:
         return 4 + n
     return None
