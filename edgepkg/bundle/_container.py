@@ -42,6 +42,7 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from edgepkg._json import loads_bounded
 from edgepkg.errors import (
     BundleError,
     NotABundleError,
@@ -82,8 +83,10 @@ class Signature:
 
     @classmethod
     def from_block(cls, raw: bytes) -> Signature:
+        data = loads_bounded(
+            raw, what="signature block", error=TamperedError, max_bytes=MAX_SIGNATURE_BLOCK
+        )
         try:
-            data = json.loads(raw)
             sig = base64.b64decode(data["sig"], validate=True)
             alg, keyid = data["alg"], data["keyid"]
         except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edgepkg._json import loads_bounded
 from edgepkg.errors import BundleError, TooLargeError, UsageError
 from edgepkg.protocol import InvalidVersionError, is_version, version_key
 
@@ -74,10 +75,8 @@ class Manifest:
     def from_json(cls, raw: bytes) -> Manifest:
         if len(raw) > MAX_MANIFEST_BYTES:
             raise TooLargeError(f"manifest is {len(raw)} bytes, limit {MAX_MANIFEST_BYTES}")
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"manifest is not valid JSON: {exc}") from None
+        # Read before the signature is checked (inspect/unpack): bounded, typed errors only.
+        data = loads_bounded(raw, what="manifest", error=BundleError, max_bytes=MAX_MANIFEST_BYTES)
         if not isinstance(data, dict):
             raise BundleError("manifest is not a JSON object")
         return cls.from_dict(data)

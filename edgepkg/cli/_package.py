@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--policy-max-latency-ratio", type=float,
                    help="largest allowed p95 latency ratio vs the running model")
     p.add_argument("-o", "--output", required=True, help="bundle file to write")
+    p.add_argument("--check-load", action="store_true",
+                   help="first load the model with its runtime (onnxruntime, LiteRT, TFLM)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=_package)
 
@@ -87,6 +89,9 @@ def _package(args: argparse.Namespace) -> int:
     parse_version(args.version)
     if not args.recipient and not args.key_service:
         raise UsageError("give at least one --recipient or --key-service public key")
+    if args.check_load:  # refuse a model its runtime cannot load, before any key is used
+        from edgepkg.formats import check_load
+        check_load(args.model, format=args.format, requirements=_parse_requirements(args.require))
     signer = load_signer(args.sign_key)
     # A key-service key is a recipient like any other; the name says what it is for.
     recipients = [load_public_key(ref) for ref in [*args.recipient, *args.key_service]]

@@ -21,7 +21,19 @@ from edgepkg.errors import DeltaError
 _MAGIC = b"BSDIFF40"
 _HDR = struct.Struct("<8sqqq")
 _RAW_CHUNK = 64 * 1024
+# Work bounds. Each control entry costs a fixed overhead whatever bytes it produces, so a tiny
+# hostile patch made of 1-byte (or empty) entries took seconds per KB rebuilt. bsdiff emits an
+# entry only after a match well above 8 bytes; measured on bsdiff4 output (inserts, scattered
+# edits, shuffled pieces, periodic data) the worst was 1 entry per 10 output bytes, so we allow
+# 1 per 4 plus a constant, and at most _MAX_EMPTY entries that produce nothing, in total.
 _MAX_EMPTY = 1024
+_BYTES_PER_ENTRY = 4
+_ENTRY_SLACK = 1024
+
+
+def max_control_entries(new_size: int) -> int:
+    """Most control entries a patch rebuilding ``new_size`` bytes may hold."""
+    return _ENTRY_SLACK + new_size // _BYTES_PER_ENTRY
 
 
 def diff(old: bytes, new: bytes) -> bytes:
@@ -103,12 +115,20 @@ def apply(old: OldFile, fh: BinaryIO, body_start: int, body_len: int, out: Bound
     newpos = 0
     oldpos = 0
     empty = 0
+    entries = 0
+    max_entries = max_control_entries(new_size)
     while newpos < new_size:
         c = ctrl.read(24)
         x, y, z = _offtin(c[0:8]), _offtin(c[8:16]), _offtin(c[16:24])
         if x < 0 or y < 0 or newpos + x + y > new_size:
             raise DeltaError("bsdiff control block is out of range (corrupt patch)")
-        empty = empty + 1 if x + y == 0 else 0
+        entries += 1
+        if entries > max_entries:
+            raise DeltaError(
+                f"bsdiff control block has more than {max_entries} entries for {new_size} "
+                "output bytes (corrupt or hostile patch)"
+            )
+        empty += x + y == 0
         if empty > _MAX_EMPTY:  # a bz2 bomb of empty entries would loop for hours
             raise DeltaError("bsdiff control block makes no progress (corrupt patch)")
         left = x

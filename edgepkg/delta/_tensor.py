@@ -247,7 +247,10 @@ def apply(old: OldFile, stream: BinaryIO, out: BoundedWriter) -> None:
             out.write(bytes(out.limit - out.count + 1))  # raises TooLargeError
         raw_ops = read_exact(stream, _OP.size * nops, "operation list")
         ops = [_OP.unpack_from(raw_ops, k * _OP.size) for k in range(nops)]
-        if sum(op[1] for op in ops) != n or any(op[0] not in (LITERAL, ALIGNED) for op in ops):
+        # every op covers >= 1 byte (the encoder writes runs), so work per chunk is bounded by n
+        if sum(op[1] for op in ops) != n or any(
+            op[0] not in (LITERAL, ALIGNED) or op[1] == 0 for op in ops
+        ):
             raise DeltaError("delta operations do not cover the chunk (corrupt patch)")
         if lay == ZERO:  # zero residual: aligned ops copy the old bytes, literal ops are zeros
             for kind, length, off in ops:

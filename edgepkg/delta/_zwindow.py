@@ -25,7 +25,6 @@ from edgepkg.errors import DeltaError
 
 SEGMENT = 4 << 20
 MARGIN = 2 << 20
-_MAX_DICT = SEGMENT + 2 * MARGIN
 _WINDOW_LOG = 24  # >= log2(dictionary + segment)
 _REC = struct.Struct(">IQII")
 _LEN = struct.Struct(">I")
@@ -75,6 +74,11 @@ def encode(old: BinaryIO, old_len: int, new: BinaryIO, out: BinaryIO, *, level: 
 
 
 def apply(old: OldFile, stream: BinaryIO, out: BoundedWriter) -> None:
+    # Work bound: each segment loads a dictionary of up to 8 MiB, so a hostile stream of 1-byte
+    # segments cost 8 MiB of reads per output byte. The encoder writes full SEGMENT-sized
+    # segments except the last, and a dictionary spans at most the segment plus 2 x MARGIN, so
+    # the decoder demands both: dictionary bytes read stay under 3 x (output + SEGMENT).
+    short_seen = False
     while True:
         (n,) = _LEN.unpack(read_exact(stream, 4, "segment header"))
         if n == 0:
@@ -82,8 +86,14 @@ def apply(old: OldFile, stream: BinaryIO, out: BoundedWriter) -> None:
         _, lo, dlen, clen = _REC.unpack(
             _LEN.pack(n) + read_exact(stream, _REC.size - 4, "segment header")
         )
-        if n > SEGMENT or dlen > _MAX_DICT or clen > n + (n >> 7) + 1024:
+        if n > SEGMENT or dlen > n + 2 * MARGIN or clen > n + (n >> 7) + 1024:
             raise DeltaError("delta segment header is invalid (corrupt patch)")
+        if short_seen:
+            raise DeltaError(
+                f"delta segment follows a short one (only the last may be under {SEGMENT} "
+                "bytes; corrupt or hostile patch)"
+            )
+        short_seen = n < SEGMENT
         if out.count + n > out.limit:
             out.write(bytes(out.limit - out.count + 1))  # raises TooLargeError
         frame = read_exact(stream, clen, "segment")

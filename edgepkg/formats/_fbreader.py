@@ -149,6 +149,11 @@ class Table:
         start, n = v
         return [st.unpack_from(self.buf.data, start + i * st.size)[0] for i in range(n)]
 
+    def vector_length(self, slot: int, elem_size: int) -> int:
+        """Element count of a vector field (bounds-checked), 0 when absent; reads no elements."""
+        v = self._vector(slot, elem_size)
+        return 0 if v is None else v[1]
+
     def length(self, slot: int) -> int:
         v = self._vector(slot, 4)
         return 0 if v is None else v[1]

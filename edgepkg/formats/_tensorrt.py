@@ -8,10 +8,12 @@ engine was built for is not in the header; the operator supplies it.
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from typing import Any
+
+from edgepkg._json import loads_bounded
+from edgepkg.errors import FormatError
 
 MAGIC = b"ftrt"
 VERSION_OFFSET = 24
@@ -36,7 +38,7 @@ def engine_offset(prefix: bytes) -> int | None:
         return 0
     if len(prefix) < 8:
         return None
-    n: int = struct.unpack_from("<i", prefix, 0)[0]
+    n = int(struct.unpack_from("<i", prefix, 0)[0])
     if 0 < n <= MAX_METADATA_BYTES and prefix[4 + n : 8 + n] == MAGIC:
         return 4 + n
     return None
@@ -54,9 +56,12 @@ def parse_header(prefix: bytes) -> TensorRTHeader:
     metadata = None
     if off:
         try:
-            metadata = json.loads(prefix[4:off].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise TensorRTError("the Ultralytics metadata prefix is not UTF-8 JSON") from exc
+            metadata = loads_bounded(
+                prefix[4:off], what="the Ultralytics metadata prefix", error=FormatError,
+                max_bytes=MAX_METADATA_BYTES,
+            )
+        except FormatError as exc:
+            raise TensorRTError(str(exc)) from None
         if not isinstance(metadata, dict):
             raise TensorRTError("the Ultralytics metadata prefix is not a JSON object")
     return TensorRTHeader(engine_offset=off, version=(major, minor, patch), metadata=metadata)

@@ -164,20 +164,27 @@ def parse_tflite(data: bytes) -> TfliteSummary:
     subgraphs = list(_bounded(model.tables(2), MAX_SUBGRAPHS, "subgraphs"))
     if not subgraphs:
         raise FbError("the model has no subgraph")
+    # A hostile file can point every subgraph (and every operator) at one shared table, so work
+    # is done once per *distinct* table (memoised by position) and references only multiply
+    # counts: total work stays proportional to the file size, not to the references.
     n_ops = 0
     edgetpu_packages: list[dict[str, Any]] = []
+    per_subgraph: dict[int, tuple[dict[int, int], list[dict[str, Any]]]] = {}
+    per_operator: dict[int, tuple[int, dict[str, Any] | None]] = {}
+    checked_tensors: set[int] = set()
+    edgetpu_ops = 0
     for sg in subgraphs:
-        for op in sg.tables(3):
-            n_ops += 1
-            if n_ops > MAX_OPERATORS:
-                raise FbError(f"more than {MAX_OPERATORS} operators")
-            idx = op.integer(0, "I", 0)
-            if idx >= len(opcodes):
-                raise FbError(f"operator refers to opcode {idx} of {len(opcodes)}")
-            oc = opcodes[idx]
-            oc.count += 1
-            if oc.custom_code == EDGETPU_CUSTOM_OP:
-                edgetpu_packages.append(parse_edgetpu_package(_custom_options(data, buf, op)))
+        if sg.pos not in per_subgraph:
+            per_subgraph[sg.pos] = _scan_subgraph(data, buf, sg, opcodes, per_operator)
+            _check_tensor_buffers(sg, buffers, checked_tensors)
+            edgetpu_packages.extend(per_subgraph[sg.pos][1])  # distinct: same max and versions
+        counts, packages = per_subgraph[sg.pos]
+        edgetpu_ops += len(packages)
+        n_ops += sum(counts.values())
+        if n_ops > MAX_OPERATORS:
+            raise FbError(f"more than {MAX_OPERATORS} operators")
+        for idx, n in counts.items():
+            opcodes[idx].count += n
 
     main = subgraphs[0]
     tensors = list(main.tables(0))
@@ -207,7 +214,7 @@ def parse_tflite(data: bytes) -> TfliteSummary:
     edgetpu = None
     if edgetpu_packages:
         edgetpu = {
-            "ops": len(edgetpu_packages),
+            "ops": edgetpu_ops,
             "min_runtime_version": max(p["min_runtime_version"] for p in edgetpu_packages),
             "compiler_versions": sorted({p["compiler_version"] or "" for p in edgetpu_packages}),
         }
@@ -223,6 +230,82 @@ def parse_tflite(data: bytes) -> TfliteSummary:
         min_runtime_version=min_runtime,
         edgetpu=edgetpu,
     )
+
+
+def _scan_subgraph(
+    data: bytes, buf: Buf, sg: Table, opcodes: list[OpCode],
+    per_operator: dict[int, tuple[int, dict[str, Any] | None]],
+) -> tuple[dict[int, int], list[dict[str, Any]]]:
+    """Opcode use counts and Edge TPU packages of one subgraph (operator tables memoised)."""
+    counts: dict[int, int] = {}
+    packages: list[dict[str, Any]] = []
+    for op in _bounded(sg.tables(3), MAX_OPERATORS, "operators in a subgraph"):
+        if op.pos not in per_operator:
+            idx = op.integer(0, "I", 0)
+            if idx >= len(opcodes):
+                raise FbError(f"operator refers to opcode {idx} of {len(opcodes)}")
+            pkg = None
+            if opcodes[idx].custom_code == EDGETPU_CUSTOM_OP:
+                pkg = parse_edgetpu_package(_custom_options(data, buf, op))
+            per_operator[op.pos] = (idx, pkg)
+        idx, pkg = per_operator[op.pos]
+        counts[idx] = counts.get(idx, 0) + 1
+        if pkg is not None:
+            packages.append(pkg)
+    return counts, packages
+
+
+# Bits per element of fixed-size tensor types; STRING, RESOURCE, VARIANT have no fixed size.
+_TYPE_BITS: dict[str, int] = {
+    "FLOAT32": 32, "FLOAT16": 16, "INT32": 32, "UINT8": 8, "INT64": 64, "BOOL": 8, "INT16": 16,
+    "COMPLEX64": 64, "INT8": 8, "FLOAT64": 64, "COMPLEX128": 128, "UINT64": 64, "UINT32": 32,
+    "UINT16": 16, "INT4": 4, "BFLOAT16": 16, "INT2": 2, "UINT4": 4, "FLOAT8_E4M3FN": 8,
+    "FLOAT8_E5M2": 8,
+}
+
+
+def _buffer_length(b: Table) -> int:
+    """Bytes a Buffer holds: its inline data vector, or ``size`` for data stored past 2 GiB."""
+    v = b.vector_length(0, 1)
+    if v:
+        return v
+    return b.integer(2, "Q", 0) if b.integer(1, "Q", 0) > 1 else 0
+
+
+def _check_tensor_buffers(sg: Table, buffers: list[Table], seen: set[int]) -> None:
+    """Refuse a constant tensor whose buffer holds fewer bytes than shape x element size.
+
+    TFLite Micro does not check this and reads past the buffer (issue 10). A tensor without
+    data (buffer 0 or an empty buffer) is an activation and is not checked; nor are sparse
+    tensors (their buffer is compressed) and types without a fixed element size.
+    """
+    for t in _bounded(sg.tables(0), 10_000_000, "tensors"):
+        if t.pos in seen:
+            continue
+        seen.add(t.pos)
+        index = t.integer(2, "I", 0)
+        if index == 0 or t.has(6):
+            continue
+        if index >= len(buffers):
+            raise FbError(f"tensor refers to buffer {index} of {len(buffers)}")
+        have = _buffer_length(buffers[index])
+        bits = _TYPE_BITS.get(TENSOR_TYPES.get(t.integer(1, "b", 0), ""))
+        if not have or bits is None:
+            continue
+        elements = 1
+        for d in t.scalars(0, "i"):
+            if d < 0:
+                raise FbError(f"constant tensor {t.string(3)!r} has a negative dimension {d}")
+            elements *= int(d)
+            if elements * bits > 8 * (1 << 40):
+                break  # already far larger than any buffer: fall through to the refusal
+        need = (elements * bits + 7) // 8
+        if have < need:
+            raise FbError(
+                f"tensor {t.string(3)!r} needs {need} bytes (shape x element size) but its "
+                f"buffer {index} holds only {have}; a runtime would read past the buffer "
+                "(re-export the model)"
+            )
 
 
 def _bounded(it: Any, limit: int, what: str) -> Any:
