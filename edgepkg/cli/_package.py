@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="release signing key: PEM path or pkcs11: URI")
     p.add_argument("--recipient", action="append", required=True, metavar="PUB",
                    help="recipient public key (fleet or device; P-256 PEM or pkcs11: URI); repeat")
-    p.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
+    p.add_argument("--format", default="auto", choices=FORMAT_CHOICES,
+                   help="model format (default auto: detected from the file; raw: opaque bytes)")
     p.add_argument("--require", action="append", default=[], metavar="KEY=VALUE",
                    help="requirement the file cannot tell, e.g. gpu_sm=87; repeat")
     p.add_argument("--policy-metric", help="validation metric, e.g. top1_accuracy")
@@ -35,23 +36,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_package)
 
     p = sub.add_parser("inspect", help="show a bundle's manifest, signer and recipients (no key)")
-    p.add_argument("bundle")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("bundle", help="bundle file (.edgepkg); its signature is NOT checked")
+    p.add_argument("--json", action="store_true", help="print the manifest view as JSON")
     p.set_defaults(func=_inspect)
 
-    p = sub.add_parser("verify", help="check a bundle's signature against trusted keys (exit 0/1)")
-    p.add_argument("bundle")
-    p.add_argument("--trusted-key", action="append", required=True, metavar="PUB")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("verify", help="check a bundle's signature against trusted keys (exit 0/1)",
+                       description="Check that BUNDLE's manifest is signed by one of the trusted "
+                       "release keys. Exit 0 when it is, 1 when it is not (or cannot be read).")
+    p.add_argument("bundle", help="bundle file (.edgepkg) to check")
+    p.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
+                   help="release signing public key (PEM path or pkcs11: URI) the signature may "
+                        "come from; repeat to trust several")
+    p.add_argument("--json", action="store_true",
+                   help="print {verified, signer_key_id, name, version} as JSON")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("unpack", help="verify, decrypt and decompress a bundle to a model file")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="bundle file (.edgepkg) to decrypt")
     p.add_argument("--key", action="append", required=True, metavar="REF",
                    help="recipient private key: PEM path or pkcs11: URI; repeat")
-    p.add_argument("--trusted-key", action="append", required=True, metavar="PUB")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
+                   help="release signing public key the bundle must be signed by; repeat")
+    p.add_argument("-o", "--output", required=True,
+                   help="model file to write (replaced atomically, only once fully verified)")
+    p.add_argument("--json", action="store_true",
+                   help="print {output, name, version, sha256, length} as JSON")
     p.set_defaults(func=_unpack)
 
 

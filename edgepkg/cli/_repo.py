@@ -56,50 +56,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deltas", type=int, default=2, metavar="K", help="deltas from the last K releases")
     p.add_argument("--delta-margin", type=float, default=0.9,
                    help="publish a delta only if it is at most this fraction of the full bundle")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print {repo, keyids} as JSON")
     p.set_defaults(func=_init)
 
     p = rsub.add_parser("status", help="models, versions, deltas, role versions and expiries")
-    p.add_argument("repo")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("repo", help="repository directory")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=_status)
 
     p = rsub.add_parser("refresh", help="re-sign timestamp/snapshot before they expire (cron)",
                         description=__doc__.split("\n\n")[1] if __doc__ else None)
-    p.add_argument("repo")
+    p.add_argument("repo", help="repository directory")
     p.add_argument("--role", choices=("timestamp", "snapshot"), action="append",
                    help="only this role (repeatable; default both)")
     p.add_argument("--force", action="store_true", help="re-sign even if not due")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print what was re-signed, warnings and expiries as JSON")
     p.set_defaults(func=_refresh)
 
     p = rsub.add_parser("rotate", help="change a role's keys/threshold in a new root version")
-    p.add_argument("repo")
-    p.add_argument("role", choices=ROLES)
+    p.add_argument("repo", help="repository directory")
+    p.add_argument("role", choices=ROLES, help="the role whose keys or threshold change")
     p.add_argument("--add", action="append", default=[], metavar="REF", help="key to add; repeat")
     p.add_argument("--remove", action="append", default=[], metavar="KEYID", help="key id to remove; repeat")
-    p.add_argument("--threshold", type=int)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--threshold", type=int,
+                   help="signatures the role needs from now on (default: unchanged)")
+    p.add_argument("--json", action="store_true",
+                   help="print {role, root_version, keyids, threshold} as JSON")
     p.set_defaults(func=_rotate)
 
     p = rsub.add_parser("revoke", help="withdraw a release (and its deltas); it can never be re-published")
-    p.add_argument("repo")
-    p.add_argument("model")
-    p.add_argument("version")
-    p.add_argument("--reason", default="")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("repo", help="repository directory")
+    p.add_argument("model", help="model name")
+    p.add_argument("version", help="the release version to withdraw")
+    p.add_argument("--reason", default="", help="why, recorded in the revocation list")
+    p.add_argument("--json", action="store_true", help="print the revocation as JSON")
     p.set_defaults(func=_revoke)
 
     p = sub.add_parser("publish", help="add release bundles (and deltas) to the TUF repository")
-    p.add_argument("bundles", nargs="+", metavar="BUNDLE")
-    p.add_argument("--repo", required=True)
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE",
+                   help="release bundle(s) made by `edgepkg package`")
+    p.add_argument("--repo", required=True, help="repository directory (made by `repo init`)")
     p.add_argument("--deltas", type=int, metavar="K", help="deltas from the last K releases (0: none)")
     p.add_argument("--delta-margin", type=float,
                    help="publish a delta only if at most this fraction of the full bundle")
     p.add_argument("--recipient", action="append", default=[], metavar="PUB",
                    help="recipient public key to remember (deltas are encrypted to the full "
                         "release's recipients); repeat")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print what was published and which deltas were skipped as JSON")
     p.set_defaults(func=_publish)
 
 
