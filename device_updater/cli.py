@@ -31,7 +31,6 @@ from device_updater.config import Config, load_config
 from device_updater.errors import ConfigError, NoActiveSlotError, UntrustedDeviceInputError
 from edgepkg._cli_support import CliParser, run_cli
 
-
 DEFAULT_CONFIG = "/etc/edge-updater/config.toml"
 CONFIG_ENV = "EDGE_UPDATER_CONFIG"
 TOKEN_ENV = "EDGE_UPDATER_ENROLLMENT_TOKEN"
@@ -52,7 +51,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STD_ATTRS and not key.startswith("_"):
-                doc[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
+                plain = isinstance(value, str | int | float | bool | None)
+                doc[key] = value if plain else str(value)
         if record.exc_info and record.exc_info[0] is not None:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, separators=(",", ":"))
@@ -83,8 +83,10 @@ def _text_value(value: object) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(prog="edge-updater", description="Secure over-the-air model updater (device side)")
-    p.add_argument("-c", "--config", help=f"TOML config (default ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+    p = CliParser(prog="edge-updater",
+                  description="Secure over-the-air model updater (device side)")
+    p.add_argument("-c", "--config",
+                   help=f"TOML config (default ${CONFIG_ENV} or {DEFAULT_CONFIG})")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=CliParser)
 

@@ -55,7 +55,6 @@ class CliParser(argparse.ArgumentParser):
         raise ArgumentUsageError(f"{message} (see {self.prog} --help)")
 
 
-# Errors whose message is already written for a person; others get their class name in front.
 ErrorTypes = tuple[type[BaseException], ...]
 
 
@@ -66,11 +65,14 @@ def run_cli(
     dispatch: Callable[[argparse.Namespace], int | None],
     *,
     errors: ErrorTypes = (),
-    describe: Callable[[BaseException], str] | None = None,
+    describe: Callable[[BaseException], str | None] | None = None,
 ) -> int:
     """Parse ``argv`` and run ``dispatch(args)`` under the conventions above; return the exit
-    status (a bad command line and ``--help`` raise :class:`SystemExit` as argparse does). ``errors`` are extra deliberate error types (beyond :class:`edgepkg.errors.Error` and
-    :class:`OSError`) of the calling package; ``describe`` may word a message for one of them."""
+    status (a bad command line and ``--help`` raise :class:`SystemExit` as argparse does).
+    ``errors`` are extra deliberate error types (beyond :class:`edgepkg.errors.Error` and
+    :class:`OSError`) of the calling package; ``describe`` may word a message for one of them
+    (None: the default wording)."""
+    handled: ErrorTypes = (Error, OSError, *errors)
     arglist = list(sys.argv[1:] if argv is None else argv)
     # Known before parsing so that even a usage error honours --json and -v.
     want_json = "--json" in arglist
@@ -99,7 +101,7 @@ def run_cli(
     except UsageError as exc:
         _report(prog, str(exc), "UsageError", want_json, verbose=verbose)
         return EXIT_USAGE
-    except (Error, OSError, *errors) as exc:
+    except handled as exc:
         message = describe(exc) if describe else None
         _report(prog, message or _message(exc), type(exc).__name__, want_json, verbose=verbose)
         return EXIT_ERROR

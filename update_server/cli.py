@@ -4,7 +4,7 @@
     edgepkg-server run [--bind 0.0.0.0:8080] [--workers N] [--worker-class gthread|sync]
         [--threads 4] [--keep-alive 75] [--no-access-log] [--migrate]
     edgepkg-server create-token --role admin|release|viewer --name NAME [--expires-in 90d]
-    edgepkg-server create-user --username NAME --role ROLE   (password from EDGEPKG_PASSWORD or stdin)
+    edgepkg-server create-user --username NAME --role ROLE  (password: $EDGEPKG_PASSWORD or stdin)
     edgepkg-server create-enrollment [--uses N] [--expires 7d|ISO] [--tags a,b] [--note TEXT]
 
 Exit status: 0 success, 1 error, 2 usage. ``--json`` prints machine-readable output, and makes
@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help="create or upgrade the database schema (Alembic)")
         s.set_defaults(func=cmd_migrate)
     s = sub.add_parser("run", help="run the server under gunicorn")
-    s.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT to listen on (default %(default)s)")
+    s.add_argument(
+        "--bind", default="127.0.0.1:8080", help="HOST:PORT to listen on (default %(default)s)"
+    )
     s.add_argument(
         "--workers",
         type=int,

@@ -9,7 +9,7 @@ from typing import Any
 from edgepkg.cli._common import print_json
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser(
         "keys",
         help="create and inspect keys (PEM files for development, PKCS#11 tokens for production)",

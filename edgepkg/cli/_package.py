@@ -12,7 +12,7 @@ from edgepkg.errors import UsageError
 FORMAT_CHOICES = ("auto", "tensorrt", "edgetpu", "tflm", "tflite", "onnx", "raw")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("package", help="detect, sign, encrypt and compress a model into a bundle")
     p.add_argument("model", help="model file (TensorRT engine, .tflite, TFLM C array, .onnx, ...)")
     p.add_argument("--name", required=True, help="model name (a-z, 0-9, '.', '_', '-')")
@@ -121,7 +121,8 @@ def _package(args: argparse.Namespace) -> int:
 def _manifest_view(manifest: Any) -> dict[str, Any]:
     import json
 
-    return json.loads(manifest.to_json())
+    view: dict[str, Any] = json.loads(manifest.to_json())
+    return view
 
 
 def _inspect(args: argparse.Namespace) -> int:

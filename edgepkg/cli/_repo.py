@@ -24,15 +24,17 @@ def _role_pairs(values: list[str], what: str) -> list[tuple[str, str]]:
     for item in values:
         role, sep, value = item.partition("=")
         if not sep or role not in ROLES or not value:
-            raise UsageError(f"{what} {item!r}: expected ROLE=VALUE with ROLE one of {', '.join(ROLES)}")
+            raise UsageError(
+                f"{what} {item!r}: expected ROLE=VALUE with ROLE one of {', '.join(ROLES)}"
+            )
         pairs.append((role, value))
     return pairs
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     repo = sub.add_parser("repo", help="manage the TUF release repository")
     rsub = repo.add_subparsers(dest="repo_command", metavar="COMMAND", parser_class=type(repo))
-    repo.set_defaults(func=lambda args: (repo.print_help(sys.stderr), 2)[1])
+    repo.set_defaults(func=lambda args: _usage(repo))
 
     p = rsub.add_parser("init", help="create a repository: root, targets, snapshot, timestamp v1")
     p.add_argument("repo", help="repository directory (metadata/ and targets/ are created)")
@@ -53,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "to make deltas")
     p.add_argument("--recipient", action="append", default=[], metavar="PUB",
                    help="recipient public key (fleet/device) deltas may be encrypted to; repeat")
-    p.add_argument("--deltas", type=int, default=2, metavar="K", help="deltas from the last K releases")
+    p.add_argument("--deltas", type=int, default=2, metavar="K",
+                   help="deltas from the last K releases")
     p.add_argument("--delta-margin", type=float, default=0.9,
                    help="publish a delta only if it is at most this fraction of the full bundle")
     p.add_argument("--json", action="store_true", help="print {repo, keyids} as JSON")
@@ -78,14 +81,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("repo", help="repository directory")
     p.add_argument("role", choices=ROLES, help="the role whose keys or threshold change")
     p.add_argument("--add", action="append", default=[], metavar="REF", help="key to add; repeat")
-    p.add_argument("--remove", action="append", default=[], metavar="KEYID", help="key id to remove; repeat")
+    p.add_argument("--remove", action="append", default=[], metavar="KEYID",
+                   help="key id to remove; repeat")
     p.add_argument("--threshold", type=int,
                    help="signatures the role needs from now on (default: unchanged)")
     p.add_argument("--json", action="store_true",
                    help="print {role, root_version, keyids, threshold} as JSON")
     p.set_defaults(func=_rotate)
 
-    p = rsub.add_parser("revoke", help="withdraw a release (and its deltas); it can never be re-published")
+    p = rsub.add_parser(
+        "revoke", help="withdraw a release (and its deltas); it can never be re-published"
+    )
     p.add_argument("repo", help="repository directory")
     p.add_argument("model", help="model name")
     p.add_argument("version", help="the release version to withdraw")
@@ -97,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundles", nargs="+", metavar="BUNDLE",
                    help="release bundle(s) made by `edgepkg package`")
     p.add_argument("--repo", required=True, help="repository directory (made by `repo init`)")
-    p.add_argument("--deltas", type=int, metavar="K", help="deltas from the last K releases (0: none)")
+    p.add_argument("--deltas", type=int, metavar="K",
+                   help="deltas from the last K releases (0: none)")
     p.add_argument("--delta-margin", type=float,
                    help="publish a delta only if at most this fraction of the full bundle")
     p.add_argument("--recipient", action="append", default=[], metavar="PUB",
@@ -106,6 +113,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="print what was published and which deltas were skipped as JSON")
     p.set_defaults(func=_publish)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -153,7 +165,8 @@ def _status(args: argparse.Namespace) -> int:
         for version, entry in versions.items():
             full = entry["full"]
             size = f"{full['length']} B" if full else "no full bundle"
-            deltas = ", ".join(f"from {d['base_version']} {d['length']} B ({d['method']})" for d in entry["deltas"])
+            deltas = ", ".join(f"from {d['base_version']} {d['length']} B ({d['method']})"
+                               for d in entry["deltas"])
             print(f"  {version:<12} {size}" + (f"; deltas: {deltas}" if deltas else ""))
     for entry in st["revoked"]:
         print(f"revoked {entry.get('name')} {entry.get('version')} at {entry.get('revoked_at')} "
@@ -182,7 +195,8 @@ def _refresh(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     from edgepkg import repo
 
-    result = repo.rotate(args.repo, args.role, add=args.add, remove=args.remove, threshold=args.threshold)
+    result = repo.rotate(args.repo, args.role, add=args.add, remove=args.remove,
+                         threshold=args.threshold)
     out: dict[str, Any] = {"role": result.role, "root_version": result.root_version,
                            "keyids": result.keyids, "threshold": result.threshold}
     if args.json:

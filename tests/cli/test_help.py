@@ -19,7 +19,10 @@ BUILDERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 }
 
 
-def _walk(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+Walked = tuple[str, argparse.ArgumentParser]
+
+
+def _walk(parser: argparse.ArgumentParser, path: str) -> Iterator[Walked]:
     yield path, parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -27,8 +30,12 @@ def _walk(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, arg
                 yield from _walk(sub, f"{path} {name}")
 
 
-def _all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+def _all_parsers() -> list[Walked]:
     return [item for prog, build in BUILDERS.items() for item in _walk(build(), prog)]
+
+
+def _ids(value: object) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def test_the_walk_reaches_the_nested_commands() -> None:
@@ -37,7 +44,7 @@ def test_the_walk_reaches_the_nested_commands() -> None:
             "edgepkg-server create-enrollment", "edge-updater check"} <= paths
 
 
-@pytest.mark.parametrize(("path", "parser"), _all_parsers(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("path", "parser"), _all_parsers(), ids=_ids)
 def test_every_option_and_argument_has_help(path: str, parser: argparse.ArgumentParser) -> None:
     missing = [
         "/".join(action.option_strings) or action.dest
@@ -49,7 +56,7 @@ def test_every_option_and_argument_has_help(path: str, parser: argparse.Argument
     assert not missing, f"`{path} --help` describes none of: {', '.join(missing)}"
 
 
-@pytest.mark.parametrize(("path", "parser"), _all_parsers(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("path", "parser"), _all_parsers(), ids=_ids)
 def test_every_help_documents_the_exit_codes(path: str, parser: argparse.ArgumentParser) -> None:
     text = parser.format_help()
     assert "0 success, 1 error, 2 usage" in text, path
