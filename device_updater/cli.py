@@ -179,9 +179,24 @@ def _setup_logging(config: Config | None, verbose: bool) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter())
+    if config is not None and config.keystore_type == "file" and config.keystore_dir:
+        handler.addFilter(_OneFileKeyWarning(str(config.keystore_dir)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class _OneFileKeyWarning(logging.Filter):
+    """The FILE keystore already warns that it is for development; edgepkg.keys' own warning
+    about the device key file inside it says the same thing again: drop that second copy."""
+
+    def __init__(self, keystore_dir: str) -> None:
+        super().__init__()
+        self._dir = keystore_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "edgepkg.keys" and record.levelno == logging.WARNING
+                    and self._dir in record.getMessage())
 
 
 # --- commands ------------------------------------------------------------------------------------
