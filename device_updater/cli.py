@@ -3,11 +3,14 @@
 
     edge-updater enroll --token TOKEN --root ROOT.json --release-key release.pub.pem
     edge-updater run                 # the daemon loop (systemd: edge-updater.service)
-    edge-updater check               # one update cycle
+    edge-updater check [--json]      # one update cycle
     edge-updater status [--json]
     edge-updater rollback [--model NAME]
     edge-updater current-model [--model NAME] [--stream]
     edge-updater report-health --ok|--fail|--started [--latency-ms MS] [--inferences N]
+
+Errors, ``--json`` errors, closed pipes and exit codes follow :mod:`edgepkg._cli_support`, the
+conventions shared with ``edgepkg`` and ``edgepkg-server``.
 """
 
 from __future__ import annotations
@@ -20,14 +23,13 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from device_updater.config import Config, load_config
 from device_updater.errors import ConfigError, NoActiveSlotError, UntrustedDeviceInputError
-from edgepkg.errors import Error
+from edgepkg._cli_support import CliParser, run_cli
 
 DEFAULT_CONFIG = "/etc/edge-updater/config.toml"
 CONFIG_ENV = "EDGE_UPDATER_CONFIG"
@@ -56,18 +58,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, separators=(",", ":"))
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+class TextFormatter(logging.Formatter):
+    """``LEVEL logger: message key=value ...``: the same fields as the JSON lines, for people
+    (``json = false``); without them a line said only "INFO edge_updater: state"."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{record.levelname} {record.name}: {record.getMessage()}"
+        fields = [
+            f"{key}={_text_value(value)}"
+            for key, value in vars(record).items()
+            if key not in _STD_ATTRS and not key.startswith("_")
+        ]
+        if fields:
+            text += " " + " ".join(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _text_value(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    # Quoted only when needed, so `grep phase=TRIAL` works and a reason with spaces stays one field.
+    return json.dumps(text) if not text or any(c in text for c in ' "=\n') else text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="edge-updater", description="Secure over-the-air model updater (device side)")
+    p = CliParser(prog="edge-updater",
+                  description="Secure over-the-air model updater (device side)")
     p.add_argument("-c", "--config",
                    help=f"TOML config (default ${CONFIG_ENV} or {DEFAULT_CONFIG})")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=CliParser)
 
     e = sub.add_parser("enroll", help="create the device key, store trust anchors, register")
     e.add_argument("--token", help=f"enrollment token (or ${TOKEN_ENV})")
@@ -79,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the update daemon until SIGTERM")
     r.set_defaults(func=_cmd_run)
     c = sub.add_parser("check", help="run one update cycle now")
-    c.add_argument("--json", action="store_true", help="print the cycle report as JSON")
+    c.add_argument("--json", action="store_true",
+                   help="print the cycle report as one JSON line (default: text for people)")
     c.set_defaults(func=_cmd_check)
     s = sub.add_parser("status", help="slots, versions, state and last results")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(func=_cmd_status)
     rb = sub.add_parser("rollback", help="switch back to the previous model (operator)")
     rb.add_argument("--model", help="model name (default: the only installed model)")
@@ -93,17 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     cm.set_defaults(func=_cmd_current_model)
     h = sub.add_parser("report-health", help="the inference app reports how the model does")
     g = h.add_mutually_exclusive_group(required=True)
-    g.add_argument("--ok", dest="status", action="store_const", const="healthy")
-    g.add_argument("--fail", dest="status", action="store_const", const="failing")
-    g.add_argument("--started", dest="status", action="store_const", const="started")
-    h.add_argument("--model")
-    h.add_argument("--version")
+    g.add_argument("--ok", dest="status", action="store_const", const="healthy",
+                   help="the model is serving well")
+    g.add_argument("--fail", dest="status", action="store_const", const="failing",
+                   help="the model fails (a trial in progress rolls back)")
+    g.add_argument("--started", dest="status", action="store_const", const="started",
+                   help="the inference app (re)started with the current model")
+    h.add_argument("--model", help="model name (default: the only installed model)")
+    h.add_argument("--version", help="the model version the app runs (default: the active one)")
     h.add_argument("--latency-ms", type=float, help="p50 latency in ms")
-    h.add_argument("--latency-p95-ms", type=float)
+    h.add_argument("--latency-p95-ms", type=float, help="p95 latency in ms")
     h.add_argument("--inferences", type=int, default=0, help="inferences since the last report")
-    h.add_argument("--errors", type=int, default=0)
-    h.add_argument("--metric", type=float)
-    h.add_argument("--message")
+    h.add_argument("--errors", type=int, default=0, help="failed inferences since the last report")
+    h.add_argument("--metric", type=float,
+                   help="the app's own quality metric (e.g. accuracy on labelled feedback)")
+    h.add_argument("--message", help="a short note (e.g. the error text) kept with the report")
     h.set_defaults(func=_cmd_report_health)
     return p
 
@@ -152,10 +178,25 @@ def _setup_logging(config: Config | None, verbose: bool) -> None:
     if config is None or config.log_json:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
+    if config is not None and config.keystore_type == "file" and config.keystore_dir:
+        handler.addFilter(_OneFileKeyWarning(str(config.keystore_dir)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class _OneFileKeyWarning(logging.Filter):
+    """The FILE keystore already warns that it is for development; edgepkg.keys' own warning
+    about the device key file inside it says the same thing again: drop that second copy."""
+
+    def __init__(self, keystore_dir: str) -> None:
+        super().__init__()
+        self._dir = keystore_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "edgepkg.keys" and record.levelno == logging.WARNING
+                    and self._dir in record.getMessage())
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -199,7 +240,15 @@ def _cmd_check(args: argparse.Namespace, config: Config) -> int:
     agent.mark_stopped()
     doc = {"online": report.online, "assignments": report.assignments,
            "outcomes": report.outcomes, "errors": report.errors}
-    print(json.dumps(doc, indent=None if args.json else 1))
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(f"server: {'reached' if report.online else 'NOT reached'}; "
+              f"assignments: {report.assignments}")
+        for model, phase in sorted(report.outcomes.items()):
+            print(f"  {model}: {phase}")
+        for error in report.errors:
+            print(f"error: {error}")
     return 0 if report.online and not report.errors else 1
 
 
@@ -264,28 +313,25 @@ def _cmd_report_health(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _describe(exc: BaseException) -> str | None:
+    if isinstance(exc, UntrustedDeviceInputError):
+        return f"refused: {exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return 2
-    config: Config | None = None
-    try:
+
+    def dispatch(args: argparse.Namespace) -> int:
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return 2
+        _setup_logging(None, args.verbose)  # until the config says how (its errors are logged)
         config = _config(args)
         _setup_logging(config, args.verbose)
         return int(args.func(args, config) or 0)
-    except Error as exc:
-        if config is None:
-            _setup_logging(None, args.verbose)
-        if args.verbose:
-            traceback.print_exc()
-        kind = "refused" if isinstance(exc, UntrustedDeviceInputError) else "error"
-        print(f"edge-updater: {kind}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("edge-updater: interrupted", file=sys.stderr)
-        return 130
+
+    return run_cli("edge-updater", parser, argv, dispatch, describe=_describe)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ one, never a partial file; on error the temp file is removed and the destination
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +32,13 @@ def atomic_output(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[B
     """
     dest = Path(path)
     directory = dest.parent if str(dest.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+    except FileNotFoundError:
+        # Name the directory the caller gave, not our hidden temp file inside it.
+        raise FileNotFoundError(
+            errno.ENOENT, "output directory does not exist", str(directory)
+        ) from None
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:

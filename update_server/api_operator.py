@@ -178,11 +178,20 @@ def token_json(t: EnrollmentToken) -> dict[str, Any]:
     }
 
 
+_ENROLLMENT_FIELDS = frozenset({"max_uses", "expires_in_s", "expires_at", "tags", "note"})
+
+
 @bp.post("/enrollment-tokens")
 @require_operator("admin")
 def create_enrollment() -> ResponseReturnValue:
     db = get_session()
     body = v.json_body(request)
+    # Refused rather than ignored: {"uses": 5} (the CLI flag's name) once silently made a
+    # single-use token.
+    unknown = set(body) - _ENROLLMENT_FIELDS
+    if unknown:
+        hint = " (the quota field is max_uses)" if "uses" in unknown else ""
+        raise BadRequestError(f"unknown fields: {', '.join(sorted(unknown))}{hint}")
     max_uses = v.get_int(body, "max_uses", required=False, minimum=1, maximum=1_000_000) or 1
     expires_in = v.get_int(
         body, "expires_in_s", required=False, minimum=1, maximum=10 * 365 * 86400, nullable=True

@@ -42,6 +42,7 @@ from werkzeug.wrappers import Response
 from update_server.db import get_session, utcnow
 from update_server.errors import (
     BadRequestError,
+    ConflictError,
     ForbiddenError,
     UnauthorizedError,
 )
@@ -110,6 +111,12 @@ def create_user(db: Session, *, username: str, password: str, role: str) -> User
         raise BadRequestError("username must be 1-100 characters")
     if len(password) < 12:
         raise BadRequestError("password must be at least 12 characters")
+    # Checked first so a duplicate is a 409 / one-line CLI error, not a raw IntegrityError
+    # (the unique index still guards a concurrent insert).
+    if db.scalar(select(User.id).where(User.username == username)) is not None:
+        raise ConflictError(
+            f"user {username!r} already exists: pick another username", code="user_exists"
+        )
     user = User(username=username, password_hash=generate_password_hash(password), role=role)
     db.add(user)
     db.flush()

@@ -4,10 +4,11 @@
     edgepkg-server run [--bind 0.0.0.0:8080] [--workers N] [--worker-class gthread|sync]
         [--threads 4] [--keep-alive 75] [--no-access-log] [--migrate]
     edgepkg-server create-token --role admin|release|viewer --name NAME [--expires-in 90d]
-    edgepkg-server create-user --username NAME --role ROLE   (password from EDGEPKG_PASSWORD or stdin)
+    edgepkg-server create-user --username NAME --role ROLE  (password: $EDGEPKG_PASSWORD or stdin)
     edgepkg-server create-enrollment [--uses N] [--expires 7d|ISO] [--tags a,b] [--note TEXT]
 
-Exit status: 0 success, 1 error, 2 usage. ``--json`` prints machine-readable output.
+Exit status: 0 success, 1 error, 2 usage. ``--json`` prints machine-readable output, and makes
+errors a JSON line on stderr (conventions shared with ``edgepkg``: :mod:`edgepkg._cli_support`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from edgepkg._cli_support import CliParser, run_cli
 from update_server import schema
 from update_server.auth import create_enrollment_token, create_operator_token, create_user
 from update_server.config import ENV_PREFIX, ServerConfig, load_config
@@ -200,17 +202,19 @@ def _file_has_secret(path: str | None) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgepkg-server", description=__doc__.split("\n")[0])
+    p = CliParser(prog="edgepkg-server", description=__doc__.split("\n")[0])
     p.add_argument("--config", help="TOML config file (else $EDGEPKG_SERVER_CONFIG)")
     p.add_argument("--database-url", help="overrides database_url")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (errors too)")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=CliParser)
     for name in ("init-db", "migrate"):
         s = sub.add_parser(name, help="create or upgrade the database schema (Alembic)")
         s.set_defaults(func=cmd_migrate)
     s = sub.add_parser("run", help="run the server under gunicorn")
-    s.add_argument("--bind", default="127.0.0.1:8080")
+    s.add_argument(
+        "--bind", default="127.0.0.1:8080", help="HOST:PORT to listen on (default %(default)s)"
+    )
     s.add_argument(
         "--workers",
         type=int,
@@ -234,38 +238,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gunicorn-arg", action="append", help="extra gunicorn argument (repeat)")
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("create-token", help="create an operator API token (printed once)")
-    s.add_argument("--role", required=True, choices=ROLES)
-    s.add_argument("--name", required=True)
+    s.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
+    s.add_argument("--name", required=True, help="who or what uses the token (shown in audits)")
     s.add_argument("--expires-in", help="e.g. 90d; default: never")
     s.set_defaults(func=cmd_create_token)
     s = sub.add_parser("create-user", help="create a dashboard user (password on stdin)")
-    s.add_argument("--username", required=True)
-    s.add_argument("--role", required=True, choices=ROLES)
+    s.add_argument("--username", required=True, help="login name (1-100 characters, unique)")
+    s.add_argument("--role", required=True, choices=ROLES, help="what the user may do")
     s.set_defaults(func=cmd_create_user)
     s = sub.add_parser("create-enrollment", help="create a device enrollment token")
     s.add_argument("--uses", type=int, default=1, help="how many devices may enroll (default 1)")
     s.add_argument("--expires", help="duration (7d) or ISO time; default: never")
     s.add_argument("--tags", help="comma-separated tags given to enrolled devices")
-    s.add_argument("--note")
+    s.add_argument("--note", help="free text shown with the token in listings")
     s.set_defaults(func=cmd_create_enrollment)
     return p
 
 
+def _describe(exc: BaseException) -> str | None:
+    if isinstance(exc, Error):
+        return exc.message
+    if isinstance(exc, SQLAlchemyError):
+        return f"database error: {exc.__class__.__name__}: {exc}".splitlines()[0]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except Error as exc:
-        if args.verbose:
-            raise
-        print(f"edgepkg-server: error: {exc.message}", file=sys.stderr)
-        return 1
-    except SQLAlchemyError as exc:
-        if args.verbose:
-            raise
-        print(
-            f"edgepkg-server: database error: {exc.__class__.__name__}: {exc}".splitlines()[0],
-            file=sys.stderr,
-        )
-        return 1
+    return run_cli(
+        "edgepkg-server",
+        parser,
+        argv,
+        lambda args: int(args.func(args)),
+        errors=(Error, SQLAlchemyError),
+        describe=_describe,
+    )

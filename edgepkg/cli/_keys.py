@@ -69,12 +69,8 @@ def _create(args: argparse.Namespace) -> int:
         algorithm=args.algorithm,
         pkcs11_uri=args.pkcs11,
     )
-    if created.location == "file":
-        print(
-            f"edgepkg: warning: {created.private_ref} is a private key in a plain file: for "
-            "development only; keep production keys in an HSM (--pkcs11 URI)",
-            file=sys.stderr,
-        )
+    # A file key was already warned about, once, by edgepkg.keys (logged as
+    # "edgepkg: warning: ..."): no second warning here.
     if args.json:
         print_json(created.to_json())
         return 0

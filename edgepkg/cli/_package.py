@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--key-service", action="append", default=[], metavar="PUB",
                    help="key-service public key: devices enrolled later get the data key through "
                         "a key grant (edgepkg grant); repeat. Give this or --recipient")
-    p.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
+    p.add_argument("--format", default="auto", choices=FORMAT_CHOICES,
+                   help="model format (default auto: detected from the file; raw: opaque bytes)")
     p.add_argument("--require", action="append", default=[], metavar="KEY=VALUE",
                    help="requirement the file cannot tell, e.g. gpu_sm=87; repeat")
     p.add_argument("--policy-metric", help="validation metric, e.g. top1_accuracy")
@@ -40,8 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_package)
 
     p = sub.add_parser("inspect", help="show a bundle's manifest, signer and recipients (no key)")
-    p.add_argument("bundle")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("bundle", help="bundle file (.edgepkg); its signature is NOT checked")
+    p.add_argument("--json", action="store_true", help="print the manifest view as JSON")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser(
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("unpack", help="verify, decrypt and decompress a bundle to a model file")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="bundle file (.edgepkg) to decrypt")
     p.add_argument("--key", action="append", required=True, metavar="REF",
                    help="recipient private key (with --grant: the device key): PEM path or "
                         "pkcs11: URI; repeat")
@@ -64,9 +65,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="key grant (edgepkg grant) that gives --key the data key")
     p.add_argument("--device-id", metavar="ID",
                    help="with --grant: this device's id (default: the id of --key)")
-    p.add_argument("--trusted-key", action="append", required=True, metavar="PUB")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
+                   help="release signing public key the bundle must be signed by; repeat")
+    p.add_argument("-o", "--output", required=True,
+                   help="model file to write (replaced atomically, only once fully verified)")
+    p.add_argument("--json", action="store_true",
+                   help="print {output, name, version, sha256, length} as JSON")
     p.set_defaults(func=_unpack)
 
 

@@ -34,12 +34,7 @@ def _role_pairs(values: list[str], what: str) -> list[tuple[str, str]]:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     repo = sub.add_parser("repo", help="manage the TUF release repository")
     rsub = repo.add_subparsers(dest="repo_command", metavar="COMMAND", parser_class=type(repo))
-
-    def _usage(args: argparse.Namespace) -> int:
-        repo.print_help(sys.stderr)
-        return 2
-
-    repo.set_defaults(func=_usage)
+    repo.set_defaults(func=lambda args: _usage(repo))
 
     p = rsub.add_parser("init", help="create a repository: root, targets, snapshot, timestamp v1")
     p.add_argument("repo", help="repository directory (metadata/ and targets/ are created)")
@@ -60,62 +55,69 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "to make deltas")
     p.add_argument("--recipient", action="append", default=[], metavar="PUB",
                    help="recipient public key (fleet/device) deltas may be encrypted to; repeat")
-    p.add_argument(
-        "--deltas", type=int, default=2, metavar="K", help="deltas from the last K releases"
-    )
+    p.add_argument("--deltas", type=int, default=2, metavar="K",
+                   help="deltas from the last K releases")
     p.add_argument("--delta-margin", type=float, default=0.9,
                    help="publish a delta only if it is at most this fraction of the full bundle")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print {repo, keyids} as JSON")
     p.set_defaults(func=_init)
 
     p = rsub.add_parser("status", help="models, versions, deltas, role versions and expiries")
-    p.add_argument("repo")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("repo", help="repository directory")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=_status)
 
     p = rsub.add_parser("refresh", help="re-sign timestamp/snapshot before they expire (cron)",
                         description=__doc__.split("\n\n")[1] if __doc__ else None)
-    p.add_argument("repo")
+    p.add_argument("repo", help="repository directory")
     p.add_argument("--role", choices=("timestamp", "snapshot"), action="append",
                    help="only this role (repeatable; default both)")
     p.add_argument("--force", action="store_true", help="re-sign even if not due")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print what was re-signed, warnings and expiries as JSON")
     p.set_defaults(func=_refresh)
 
     p = rsub.add_parser("rotate", help="change a role's keys/threshold in a new root version")
-    p.add_argument("repo")
-    p.add_argument("role", choices=ROLES)
+    p.add_argument("repo", help="repository directory")
+    p.add_argument("role", choices=ROLES, help="the role whose keys or threshold change")
     p.add_argument("--add", action="append", default=[], metavar="REF", help="key to add; repeat")
-    p.add_argument(
-        "--remove", action="append", default=[], metavar="KEYID", help="key id to remove; repeat"
-    )
-    p.add_argument("--threshold", type=int)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--remove", action="append", default=[], metavar="KEYID",
+                   help="key id to remove; repeat")
+    p.add_argument("--threshold", type=int,
+                   help="signatures the role needs from now on (default: unchanged)")
+    p.add_argument("--json", action="store_true",
+                   help="print {role, root_version, keyids, threshold} as JSON")
     p.set_defaults(func=_rotate)
 
     p = rsub.add_parser(
         "revoke", help="withdraw a release (and its deltas); it can never be re-published"
     )
-    p.add_argument("repo")
-    p.add_argument("model")
-    p.add_argument("version")
-    p.add_argument("--reason", default="")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("repo", help="repository directory")
+    p.add_argument("model", help="model name")
+    p.add_argument("version", help="the release version to withdraw")
+    p.add_argument("--reason", default="", help="why, recorded in the revocation list")
+    p.add_argument("--json", action="store_true", help="print the revocation as JSON")
     p.set_defaults(func=_revoke)
 
     p = sub.add_parser("publish", help="add release bundles (and deltas) to the TUF repository")
-    p.add_argument("bundles", nargs="+", metavar="BUNDLE")
-    p.add_argument("--repo", required=True)
-    p.add_argument(
-        "--deltas", type=int, metavar="K", help="deltas from the last K releases (0: none)"
-    )
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE",
+                   help="release bundle(s) made by `edgepkg package`")
+    p.add_argument("--repo", required=True, help="repository directory (made by `repo init`)")
+    p.add_argument("--deltas", type=int, metavar="K",
+                   help="deltas from the last K releases (0: none)")
     p.add_argument("--delta-margin", type=float,
                    help="publish a delta only if at most this fraction of the full bundle")
     p.add_argument("--recipient", action="append", default=[], metavar="PUB",
                    help="recipient public key to remember (deltas are encrypted to the full "
                         "release's recipients); repeat")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print what was published and which deltas were skipped as JSON")
     p.set_defaults(func=_publish)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -163,9 +165,8 @@ def _status(args: argparse.Namespace) -> int:
         for version, entry in versions.items():
             full = entry["full"]
             size = f"{full['length']} B" if full else "no full bundle"
-            deltas = ", ".join(
-                f"from {d['base_version']} {d['length']} B ({d['method']})" for d in entry["deltas"]
-            )
+            deltas = ", ".join(f"from {d['base_version']} {d['length']} B ({d['method']})"
+                               for d in entry["deltas"])
             print(f"  {version:<12} {size}" + (f"; deltas: {deltas}" if deltas else ""))
     for entry in st["revoked"]:
         print(f"revoked {entry.get('name')} {entry.get('version')} at {entry.get('revoked_at')} "
@@ -194,9 +195,8 @@ def _refresh(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     from edgepkg import repo
 
-    result = repo.rotate(
-        args.repo, args.role, add=args.add, remove=args.remove, threshold=args.threshold
-    )
+    result = repo.rotate(args.repo, args.role, add=args.add, remove=args.remove,
+                         threshold=args.threshold)
     out: dict[str, Any] = {"role": result.role, "root_version": result.root_version,
                            "keyids": result.keyids, "threshold": result.threshold}
     if args.json:
