@@ -25,11 +25,11 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from update_server import schema
-from update_server.auth import create_enrollment_token, create_operator_token, create_user
+from update_server.operators.auth import create_enrollment_token, create_operator_token, create_user
 from update_server.config import ENV_PREFIX, ServerConfig, load_config
 from update_server.db import Database, utcnow
 from update_server.errors import BadRequestError, Error
-from update_server.models import ROLES
+from update_server.operators.models import ROLES
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -173,3 +173,10 @@ def _close_request_session(_exc: BaseException | None) -> None:
             s.rollback()
         finally:
             s.close()
+
+
+def flush_pending(session: Session) -> None:
+    """Core statements do not autoflush: flush ORM changes a caller made first (cheap no-op on
+    the check-in path, whose session holds no ORM objects)."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 
 from alembic import command
@@ -15,7 +13,7 @@ from sqlalchemy import MetaData
 from update_server.db import Base, init_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-_TABLE_MODULES = ("update_server.models", "update_server.rollout_models")
+_TABLE_MODULES = ("update_server.devices.models", "update_server.rollouts.models")
 
 
 def target_metadata() -> MetaData:
