@@ -26,9 +26,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
-from update_server.operators.auth import require_operator
 from update_server.config import ServerConfig
 from update_server.devices.models import Device, DeviceModel
+from update_server.operators.auth import require_operator
 
 bp = Blueprint("metrics", __name__)
 

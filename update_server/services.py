@@ -45,5 +45,7 @@ def services(app: Flask | None = None) -> Services:
     target = app if app is not None else current_app
     found = target.extensions.get(EXTENSION_KEY)
     if not isinstance(found, Services):
-        raise RuntimeError("update_server services are not installed; build the app with create_app")
+        raise RuntimeError(
+            "update_server services are not installed; build the app with create_app()"
+        )
     return found

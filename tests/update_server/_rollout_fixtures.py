@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tests.update_server._factory import build_app
 from update_server import schema
 from update_server.db import Database
 from update_server.devices.models import Device, DeviceModel
@@ -114,13 +115,15 @@ class Clock:
 
 def make_app(url: str, tmp_path: Path, clock: Callable[[], dt.datetime], **cfg: Any) -> Any:
     """The real app (H5's factory) on ``url`` with a repo dir whose releases are RELEASES."""
-    from update_server.app import create_app
-    from update_server.config import load_config
-
     repo = tmp_path / "repo"
     (repo / "metadata").mkdir(parents=True, exist_ok=True)
     (repo / "metadata" / "timestamp.json").write_text("{}")
-    config = load_config(
-        env={}, database_url=url, repo_dir=str(repo), testing=True, poll_interval=60, **cfg
+    return build_app(
+        url,
+        clock=clock,
+        release_reader=lambda _d: list(RELEASES),
+        repo_dir=str(repo),
+        testing=True,
+        poll_interval=60,
+        **cfg,
     )
-    return create_app(config, clock=clock, release_reader=lambda _d: list(RELEASES))

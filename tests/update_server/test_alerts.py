@@ -6,11 +6,11 @@ import datetime as dt
 
 from sqlalchemy.orm import Session
 
-from tests._rollout_fixtures import RELEASES, T0, add_device, migrated
+from tests.update_server._rollout_fixtures import RELEASES, T0, add_device, migrated
 from update_server.alerts import rules as al
 from update_server.alerts import service as alert_service
-from update_server.rollouts import service as svc
 from update_server.devices.models import Event
+from update_server.rollouts import service as svc
 
 
 def health(dev: str, **kw: object) -> al.DeviceHealth:

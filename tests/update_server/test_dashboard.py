@@ -10,11 +10,19 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests._rollout_fixtures import RELEASES, T0, Clock, add_device, dev_ids, make_app, migrated
-from update_server.rollouts import service as svc
-from update_server.operators.auth import create_operator_token
+from tests.update_server._rollout_fixtures import (
+    RELEASES,
+    T0,
+    Clock,
+    add_device,
+    dev_ids,
+    make_app,
+    migrated,
+)
 from update_server.db import get_db
 from update_server.devices.models import Event
+from update_server.operators.auth import create_operator_token
+from update_server.rollouts import service as svc
 
 
 @pytest.fixture

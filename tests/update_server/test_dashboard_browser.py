@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from tests._rollout_fixtures import RELEASES, add_device, dev_ids, make_app, migrated
 from tests.helpers import require
-from update_server.rollouts import service as svc
-from update_server.operators.auth import create_operator_token
+from tests.update_server._rollout_fixtures import RELEASES, add_device, dev_ids, make_app, migrated
 from update_server.db import get_db, utcnow
+from update_server.operators.auth import create_operator_token
+from update_server.rollouts import service as svc
 
 pytestmark = pytest.mark.chromium
 

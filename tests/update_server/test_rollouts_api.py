@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests._rollout_fixtures import Clock, add_device, dev_ids, make_app, migrated
-from update_server.operators.auth import create_operator_token
+from tests.update_server._rollout_fixtures import Clock, add_device, dev_ids, make_app, migrated
 from update_server.db import get_db
+from update_server.operators.auth import create_operator_token
 
 ROLLOUT = {
     "model": "det",

@@ -10,12 +10,20 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests._rollout_fixtures import RELEASES, T0, add_device, dev_ids, full, migrated, set_version
+from tests.update_server._rollout_fixtures import (
+    RELEASES,
+    T0,
+    add_device,
+    dev_ids,
+    full,
+    migrated,
+    set_version,
+)
+from update_server.db import Database
+from update_server.devices.models import Device
+from update_server.errors import BadRequestError, ConflictError, NotFoundError
 from update_server.rollouts import device_path
 from update_server.rollouts import service as svc
-from update_server.db import Database
-from update_server.errors import BadRequestError, ConflictError, NotFoundError
-from update_server.devices.models import Device
 from update_server.rollouts.models import Rollout, RolloutDevice
 
 
@@ -149,7 +157,8 @@ def test_failures_pause_with_reason_and_stop_assignments(session: Session) -> No
     got = list(assigned(session, devices))
     first = session.get(Device, got[0])
     assert first is not None
-    device_path.on_device_events(session, first, [ev("rejected", r.id, reason="accuracy 0.71 < 0.9")], T0)
+    rejected = ev("rejected", r.id, reason="accuracy 0.71 < 0.9")
+    device_path.on_device_events(session, first, [rejected], T0)
     session.refresh(r)
     assert r.status == "running", "one failure is below min_devices=2"
     second = session.get(Device, got[1])
@@ -158,7 +167,8 @@ def test_failures_pause_with_reason_and_stop_assignments(session: Session) -> No
     session.refresh(r)
     assert r.status == "paused"
     assert "2 of 2" in (r.reason or "")
-    assert device_path.rollout_status_json(session, r.id) == {"rollout_id": r.id, "status": "paused"}
+    status = device_path.rollout_status_json(session, r.id)
+    assert status == {"rollout_id": r.id, "status": "paused"}
     assert device_path.rollout_status(session, r.id) == "paused"
     assert assigned(session, devices) == {}
     row = session.get(RolloutDevice, (r.id, first.id))

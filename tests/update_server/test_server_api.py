@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from update_server.app import create_app
-from update_server.operators.auth import create_enrollment_token, create_operator_token
-from update_server.config import load_config
 from update_server.db import get_db
-from update_server.tuf.releases import ReleaseTarget
+from update_server.operators.auth import create_enrollment_token, create_operator_token
 from update_server.testing import SoftwareDevice
+from update_server.tuf.releases import ReleaseTarget
 
 MODEL = "detector"
 
@@ -100,13 +98,17 @@ class Server:
 
 
 @pytest.fixture
-def server(server_db_url: str, tmp_path: Path) -> Iterator[Server]:
-    cfg = load_config(
-        env={}, database_url=server_db_url, poll_interval=120, testing=True, repo_dir=str(tmp_path)
+def server(
+    server_db_url: str, tmp_path: Path, make_server_app: Callable[..., Flask]
+) -> Server:
+    app = make_server_app(
+        server_db_url,
+        release_reader=lambda _d: RELEASES,
+        poll_interval=120,
+        testing=True,
+        repo_dir=str(tmp_path),
     )
-    app = create_app(cfg, release_reader=lambda _d: RELEASES)
-    yield Server(app)
-    get_db(app).dispose()
+    return Server(app)
 
 
 def _event(etype: str = "download_started", **kw: Any) -> dict[str, Any]:

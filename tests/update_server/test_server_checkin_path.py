@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
+from edgepkg.protocol import ModelReport, parse_models_report
+from update_server.db import Database
 from update_server.devices import auth as device_auth
 from update_server.devices.api import _sync_device_models
-from update_server.db import Database
 from update_server.devices.auth import DeviceRecord, load_device
 from update_server.devices.models import Device, DeviceModel, Nonce
 
@@ -27,10 +28,10 @@ def db(server_db_url: str) -> Iterator[Database]:
     d.dispose()
 
 
-def _models(version: str) -> dict[str, dict[str, object]]:
-    return {
-        "det": {"active_slot": "a", "slots": {"a": {"version": version, "sha256": None}, "b": None}}
-    }
+def _models(version: str) -> dict[str, ModelReport]:
+    return parse_models_report(
+        {"det": {"active_slot": "a", "slots": {"a": {"version": version, "sha256": None}}}}, 8
+    )
 
 
 def test_load_device_returns_key_tags_and_model_rows_in_one_record(db: Database) -> None:

@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from update_server.app import create_app
-from update_server.operators.auth import create_enrollment_token, create_operator_token
-from update_server.config import load_config
 from update_server.db import get_db
+from update_server.operators.auth import create_enrollment_token, create_operator_token
 from update_server.testing import SoftwareDevice
 
 
 @pytest.fixture
-def app(server_db_url: str, tmp_path: Path) -> Iterator[Flask]:
-    cfg = load_config(
-        env={},
-        database_url=server_db_url,
-        repo_dir=str(tmp_path),
-        max_content_length=64 * 1024,
-        testing=True,
+def app(server_db_url: str, tmp_path: Path, make_server_app: Callable[..., Flask]) -> Flask:
+    return make_server_app(
+        server_db_url, repo_dir=str(tmp_path), max_content_length=64 * 1024, testing=True
     )
-    app = create_app(cfg)
-    yield app
-    get_db(app).dispose()
 
 
 def _enroll(app: Flask) -> SoftwareDevice:
@@ -247,9 +238,10 @@ def test_metrics_need_a_token_and_count_requests_and_devices(app: Flask) -> None
     assert "edgepkg_http_request_duration_seconds_bucket" in text
 
 
-def test_unexpected_errors_are_json_500_without_details(tmp_path: Path) -> None:
-    cfg = load_config(env={}, database_url=f"sqlite:///{tmp_path / 'x.db'}")
-    app = create_app(cfg)  # no schema: every DB query fails
+def test_unexpected_errors_are_json_500_without_details(
+    tmp_path: Path, make_server_app: Callable[..., Flask]
+) -> None:
+    app = make_server_app(f"sqlite:///{tmp_path / 'x.db'}")  # no schema: every DB query fails
 
     with get_db(app).session() as s:
         _ = s

@@ -13,9 +13,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select
 
 from update_server import schema
-from update_server.operators.auth import hash_token
 from update_server.cli import main
 from update_server.db import Database, init_engine
+from update_server.operators.auth import hash_token
 from update_server.operators.models import EnrollmentToken, OperatorToken
 
 

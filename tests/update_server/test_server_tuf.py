@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
-from update_server.app import create_app
-from update_server.config import load_config
-from update_server.db import get_db
 from update_server.tuf.releases import read_releases
 
 TARGET = "abcd" * 16 + ".detector-1.0.0.edgepkg"
@@ -33,13 +31,9 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(repo: Path, tmp_path: Path) -> Iterator[FlaskClient]:
-    cfg = load_config(
-        env={}, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", repo_dir=str(repo), testing=True
-    )
-    app = create_app(cfg)
-    yield app.test_client()
-    get_db(app).dispose()
+def client(repo: Path, tmp_path: Path, make_server_app: Callable[..., Flask]) -> FlaskClient:
+    app = make_server_app(f"sqlite:///{tmp_path / 'db.sqlite'}", repo_dir=str(repo), testing=True)
+    return app.test_client()
 
 
 TARGET_URL = f"/tuf/targets/models/detector/1.0.0/{TARGET}"
@@ -119,11 +113,12 @@ def test_symlink_inside_the_repository_is_served(client: FlaskClient, repo: Path
     assert client.get("/tuf/metadata/timestamp-link.json").status_code == 200
 
 
-def test_no_repository_configured_is_404(tmp_path: Path) -> None:
-    app = create_app(load_config(env={}, database_url=f"sqlite:///{tmp_path / 'x.db'}"))
+def test_no_repository_configured_is_404(
+    tmp_path: Path, make_server_app: Callable[..., Flask]
+) -> None:
+    app = make_server_app(f"sqlite:///{tmp_path / 'x.db'}")
     r = app.test_client().get("/tuf/metadata/timestamp.json")
     assert r.status_code == 404
-    get_db(app).dispose()
 
 
 def _write_chain(repo: Path, targets: dict[str, object]) -> None:

@@ -27,7 +27,10 @@ def list_alerts() -> ResponseReturnValue:
     db = get_session()
     found = services()
     alerts = fleet_alerts(
-        db, found.now(), poll_interval_s=found.config.poll_interval, silent_intervals=SILENT_INTERVALS
+        db,
+        found.now(),
+        poll_interval_s=found.config.poll_interval,
+        silent_intervals=SILENT_INTERVALS,
     )
     kind = request.args.get("kind")
     items = [a.to_json() for a in alerts if kind is None or a.kind == kind]

@@ -14,14 +14,14 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
-from update_server.rollouts import service as svc
 from update_server.alerts.api import SILENT_INTERVALS
 from update_server.alerts.service import fleet_alerts
-from update_server.services import services
-from update_server.operators.auth import current_operator, require_operator
 from update_server.db import get_session
-from update_server.errors import Error
 from update_server.devices.models import Device, DeviceModel, Event
+from update_server.errors import Error
+from update_server.operators.auth import current_operator, require_operator
+from update_server.rollouts import service as svc
+from update_server.services import services
 
 bp = Blueprint(
     "dashboard",

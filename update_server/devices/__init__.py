@@ -1,1 +1,2 @@
-"""Devices: their tables, signed-request authentication, the device API and the check-in safety filter."""
+"""Devices: their tables, signed-request authentication, the device API and the check-in
+safety filter."""

@@ -27,20 +27,20 @@ from edgepkg.protocol import (
 from edgepkg.protocol import Event as ProtocolEvent
 from update_server import _validate as v
 from update_server._crypto import parse_device_public_key
-from update_server.devices.assignments import safe_assignments
-from update_server.operators.auth import consume_enrollment_token, hash_token
 from update_server.config import ServerConfig
 from update_server.db import get_session
+from update_server.devices.assignments import safe_assignments
 from update_server.devices.auth import DeviceRecord, authenticate_device, require_own_device
+from update_server.devices.models import Device, DeviceModel, Event
 from update_server.errors import (
     BadRequestError,
     ConflictError,
     NotFoundError,
 )
-from update_server.devices.models import Device, DeviceModel, Event
+from update_server.operators.auth import consume_enrollment_token, hash_token
+from update_server.operators.models import EnrollmentToken
 from update_server.rollouts import device_path as rollouts
 from update_server.services import services
-from update_server.operators.models import EnrollmentToken
 
 bp = Blueprint("devices_api", __name__, url_prefix="/api/v1")
 

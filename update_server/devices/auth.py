@@ -33,8 +33,8 @@ from edgepkg.protocol import (
     signing_string,
 )
 from update_server._crypto import verify_device_signature
-from update_server.errors import ForbiddenError, UnauthorizedError
 from update_server.devices.models import DEVICE_ENABLED, Device, DeviceModel, Nonce
+from update_server.errors import ForbiddenError, UnauthorizedError
 
 PURGE_EVERY_S = 60.0
 
@@ -63,8 +63,8 @@ def request_path_with_query(request: Request) -> str:
 class DeviceRecord:
     """What a signed device request needs of its device row, read with one statement.
 
-    Duck-types the parts of :class:`~update_server.devices.models.Device` the device endpoints and the
-    rollout service use (``id``, ``tags``, ``status``/``enabled``, ``last_checkin``,
+    Duck-types the parts of :class:`~update_server.devices.models.Device` the device endpoints
+    and the rollout service use (``id``, ``tags``, ``status``/``enabled``, ``last_checkin``,
     ``active_versions()``), without an ORM object, its identity map or its flush.
     ``models`` maps model name -> (version, sha256, active_slot) as stored.
     """

@@ -23,7 +23,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from edgepkg import protocol
-
 from update_server.db import Base, utcnow
 
 DEVICE_ENABLED = "enabled"

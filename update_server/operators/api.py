@@ -10,9 +10,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
 from update_server import _validate as v
-from update_server.operators.auth import create_enrollment_token, current_operator, require_operator
 from update_server.db import get_session, utcnow
-from update_server.errors import BadRequestError, NotFoundError
 from update_server.devices.models import (
     DEVICE_DISABLED,
     DEVICE_ENABLED,
@@ -20,6 +18,8 @@ from update_server.devices.models import (
     DeviceModel,
     Event,
 )
+from update_server.errors import BadRequestError, NotFoundError
+from update_server.operators.auth import create_enrollment_token, current_operator, require_operator
 from update_server.operators.models import EnrollmentToken
 from update_server.services import services
 

@@ -18,13 +18,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
 from update_server import _validate as v
-from update_server.rollouts import service as svc
-from update_server.operators.auth import current_operator, require_operator
 from update_server.db import get_session
 from update_server.errors import BadRequestError, NotFoundError
 from update_server.metrics import add_collector
-from update_server.rollouts.models import Rollout, RolloutDevice
+from update_server.operators.auth import current_operator, require_operator
+from update_server.rollouts import service as svc
 from update_server.rollouts.engine import STATUSES
+from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.services import services
 from update_server.tuf.releases import Release
 

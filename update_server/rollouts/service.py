@@ -2,10 +2,10 @@
 
 Called by the operator API and dashboard (:func:`create_rollout`, :func:`operator_action`,
 :func:`rollback`, :func:`list_rollouts`, :func:`rollout_json`) and by
-:mod:`.device_path` (what the check-in and events endpoints call). Functions take the caller's session and never commit: the request
-commits (so a check-in and the rollout rows it touches land together). Rollout state changes are
-written with a compare-and-swap on ``revision``, so two app nodes evaluating the same rollout at
-once cannot both advance it.
+:mod:`.device_path` (what the check-in and events endpoints call). Functions take the caller's
+session and never commit: the request commits (so a check-in and the rollout rows it touches
+land together). Rollout state changes are written with a compare-and-swap on ``revision``, so
+two app nodes evaluating the same rollout at once cannot both advance it.
 """
 
 from __future__ import annotations
@@ -13,23 +13,21 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, case, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from edgepkg.protocol import InvalidVersionError, Version, version_key
-from update_server.rollouts import engine as eng
-from update_server.rollouts.spec import parse_spec
+from update_server.devices.models import Device, DeviceModel
 from update_server.errors import ConflictError, NotFoundError
-from update_server.devices.models import Device, DeviceModel, Event
-from update_server.tuf.releases import Release
+from update_server.rollouts import engine as eng
 from update_server.rollouts.models import Rollout, RolloutDevice
+from update_server.rollouts.spec import parse_spec
+from update_server.tuf.releases import Release
 
 ACTIVE = (eng.RUNNING, eng.PAUSED)
 
@@ -111,7 +109,7 @@ def _versions(session: Session, model: str) -> dict[str, str | None]:
     rows = session.execute(
         select(DeviceModel.device_id, DeviceModel.version).where(DeviceModel.model == model)
     )
-    return {d: v for d, v in rows}
+    return {d: v for d, v in rows.all()}  # noqa: C416 - rows are Row objects, not pairs
 
 
 def candidate_ids(session: Session, spec: eng.RolloutSpec) -> list[str]:
@@ -374,12 +372,9 @@ def evaluate_rollout(session: Session, r: Rollout, now: dt.datetime) -> eng.Deci
     if decision.action == "advance":
         ids = candidate_ids(session, spec)
         # devices already admitted count as candidates even if they now run the version
-        ids += [
-            d
-            for d in session.scalars(
-                select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == r.id)
-            )
-        ]
+        ids += list(
+            session.scalars(select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == r.id))
+        )
     new = eng.apply_decision(spec, state, decision, ids, now)
     if decision.action in ("pause", "abort"):
         new = eng.RolloutState(**{**_state_values(new), "reason": decision.reason})

@@ -2,7 +2,8 @@
 
 ``edgepkg.repo.list_releases(repo_dir)`` is the repository's read API and the default reader;
 :func:`read_releases` is a small independent reader of ``metadata/`` (timestamp -> snapshot ->
-targets) kept for tests and tools. The result is cached and re-read when ``timestamp.json`` changes, so a check-in costs one stat.
+targets) kept for tests and tools. The result is cached and re-read when ``timestamp.json``
+changes, so a check-in costs one stat.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class ReleaseCache:
             reader = self._reader or default_reader()
             try:
                 releases = list(reader(self.repo_dir))
-            except Exception as exc:  # noqa: BLE001 - a broken repo must not take check-ins down
+            except Exception as exc:
                 # Fail closed: assign nothing until the repository reads cleanly again.
                 log.warning("cannot read releases from %s: %s", self.repo_dir, exc)
                 self._releases, self._stamp = [], stamp  # retry when timestamp.json changes
