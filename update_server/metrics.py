@@ -109,13 +109,13 @@ def init_app(app: Flask) -> None:
 def _render() -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         out = generate_latest(registry)
     else:
         out = generate_latest(_REGISTRY)
     extra = CollectorRegistry(auto_describe=False)
     for c in current_app.extensions["edgepkg_metric_collectors"]:
-        extra.register(c)  # type: ignore[arg-type]
+        extra.register(c)
     return out + generate_latest(extra)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, current_app
 
@@ -28,7 +29,7 @@ class Services:
     config: ServerConfig
     releases: ReleaseCache
     clock: Callable[[], dt.datetime] = utcnow
-    openapi_paths: dict[str, object] = dataclasses.field(default_factory=dict)
+    openapi_paths: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def now(self) -> dt.datetime:
         return self.clock()

@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from edgepkg.repo import list_releases
 
@@ -57,7 +57,8 @@ def _load_json(path: Path) -> dict[str, Any]:
     obj = json.loads(data)
     if not isinstance(obj, dict) or not isinstance(obj.get("signed"), dict):
         raise ValueError(f"{path.name} is not TUF metadata")
-    return obj["signed"]
+    signed: dict[str, Any] = obj["signed"]
+    return signed
 
 
 def _current_targets_file(meta: Path) -> Path | None:
@@ -133,7 +134,8 @@ def read_releases(repo_dir: str | os.PathLike[str]) -> list[ReleaseTarget]:
 
 def default_reader() -> Callable[[str | os.PathLike[str]], Sequence[Release]]:
     """The repository's own read API (``edgepkg.repo.list_releases``)."""
-    return list_releases
+    # edgepkg's ReleaseTarget is a frozen dataclass: structurally a Release, read-only.
+    return cast(Callable[[str | os.PathLike[str]], Sequence[Release]], list_releases)
 
 
 class ReleaseCache:
