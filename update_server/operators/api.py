@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
+from edgepkg.protocol import parse_time
 from update_server import _validate as v
 from update_server.db import get_session, utcnow
 from update_server.devices.models import (
@@ -192,7 +193,7 @@ def create_enrollment() -> ResponseReturnValue:
     if expires_in is not None:
         expires_at = utcnow() + dt.timedelta(seconds=expires_in)
     elif body.get("expires_at") is not None:
-        expires_at = v.parse_time(body["expires_at"], "expires_at")
+        expires_at = parse_time(body["expires_at"], "expires_at")
     tags = v.get_tags(body)
     note = v.get_str(body, "note", required=False, max_len=200, nullable=True)
     op = current_operator()
