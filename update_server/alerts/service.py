@@ -15,14 +15,10 @@ from sqlalchemy.orm import Session
 from update_server.alerts import rules as al
 from update_server.alerts.models import DeviceLatencyBaseline
 from update_server.db import flush_pending
-from update_server.devices.auth import DeviceRecord
+from update_server.devices.auth import DeviceLike
 from update_server.devices.models import Device, Event
 from update_server.rollouts import engine as eng
 from update_server.rollouts.models import Rollout
-
-DeviceLike = Device | DeviceRecord
-"""A device row (ORM) or the lean record a signed request loads."""
-
 
 _baselines = cast(Table, DeviceLatencyBaseline.__table__)
 _SELECT_BASELINE = select(

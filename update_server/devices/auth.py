@@ -83,6 +83,10 @@ class DeviceRecord:
         return {name: m[0] for name, m in self.models.items() if m[0] is not None}
 
 
+DeviceLike = Device | DeviceRecord
+"""A device row (ORM) or the lean record a signed request loads: both have ``id``, ``tags``,
+``enabled``, ``last_checkin`` and ``active_versions()``, which is all the services use."""
+
 _devices = cast(Table, Device.__table__)
 _device_models = cast(Table, DeviceModel.__table__)
 _nonces = cast(Table, Nonce.__table__)

@@ -20,8 +20,7 @@ from sqlalchemy.orm import Session
 from edgepkg.protocol import Assignment
 from update_server.alerts.service import observe_health
 from update_server.db import flush_pending
-from update_server.devices.auth import DeviceRecord
-from update_server.devices.models import Device
+from update_server.devices.auth import DeviceLike
 from update_server.rollouts import engine as eng
 from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.rollouts.service import (
@@ -33,10 +32,6 @@ from update_server.rollouts.service import (
     state_of,
 )
 from update_server.tuf.releases import Release
-
-DeviceLike = Device | DeviceRecord
-"""A device row (ORM) or the lean record a signed request loads; both have id, tags, enabled,
-last_checkin and active_versions()."""
 
 EVALUATE_EVERY_S = 10.0
 """How often (per process) a check-in may trigger a soak-time re-evaluation of a rollout."""
