@@ -45,10 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
-from update_server import schema  # noqa: E402
-from update_server._crypto import new_device_key, public_key_id, public_pem  # noqa: E402
-from update_server.db import Database, utcnow  # noqa: E402
-from update_server.models import Device  # noqa: E402
+from update_server import schema
+from update_server._crypto import device_key_id, new_device_key, public_pem
+from update_server.db import Database, utcnow
+from update_server.devices.models import Device
 
 CHECKIN_SHARE = 0.8
 
@@ -106,7 +106,7 @@ def _client_proc(
         d = SoftwareDevice.__new__(SoftwareDevice)
         d._key = serialization.load_der_private_key(der, None)  # type: ignore[assignment]
         d.public_key_pem = public_pem(d._key)  # type: ignore[arg-type]
-        d.device_id = public_key_id(d._key.public_key())  # type: ignore[union-attr]
+        d.device_id = device_key_id(d._key)  # type: ignore[arg-type]
         devices.append(d)
     results: list[tuple[str, float, int]] = []
     lock = threading.Lock()
@@ -202,7 +202,7 @@ def run_backend(backend: str, args: argparse.Namespace, work: Path) -> dict[str,
             for k in keys:
                 s.add(
                     Device(
-                        id=public_key_id(k.public_key()),
+                        id=device_key_id(k),
                         public_key_pem=public_pem(k),
                         tags=["bench"],
                         facts={},

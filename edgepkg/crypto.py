@@ -301,3 +301,83 @@ def as_p256_public_key(key: PublicKey, what: str = "device key") -> ec.EllipticC
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise KeyError_(f"the {what} must be a P-256 public key (an HPKE recipient)")
     return key
+
+
+# --- device request keys (server side) -------------------------------------------------------
+# The update server authenticates devices by their P-256 keys; these helpers keep its use of
+# hazmat behind this door. The server holds PEM strings, never key objects.
+
+MAX_DEVICE_KEY_PEM_BYTES = 4096
+DevicePrivateKey = ec.EllipticCurvePrivateKey
+"""A software device key (test and benchmark clients only; real devices keep theirs in a token)."""
+
+
+def load_device_public_key(pem: str) -> ec.EllipticCurvePublicKey:
+    """Parse a device's P-256 public key PEM; raise UntrustedInputError naming what is wrong."""
+    from edgepkg.errors import UntrustedInputError
+
+    if not isinstance(pem, str) or not pem.strip():
+        raise UntrustedInputError("public_key_pem must be a non-empty PEM string")
+    data = pem.encode("utf-8", "replace")
+    if len(data) > MAX_DEVICE_KEY_PEM_BYTES:
+        raise UntrustedInputError("public_key_pem is too long")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise UntrustedInputError(f"public_key_pem is not a valid public key PEM: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise UntrustedInputError("the device key must be an ECDSA P-256 (secp256r1) public key")
+    return key
+
+
+def device_public_key_id(pem: str) -> str:
+    """The key id (= device id) of a device public key PEM; raise UntrustedInputError."""
+    from edgepkg.protocol import key_id_from_spki
+
+    der = load_device_public_key(pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key_id_from_spki(der)
+
+
+# Parsed device keys by PEM: every signed request checks its device's key, parsing costs more
+# than verifying. Bounded; cleared wholesale when full (keys are cheap to parse again).
+_DEVICE_KEYS: dict[str, ec.EllipticCurvePublicKey] = {}
+_MAX_CACHED_DEVICE_KEYS = 65536
+
+
+def verify_device_signature(public_key_pem: str, signature: bytes, message: bytes) -> None:
+    """Verify an ECDSA-P256-SHA256 DER signature by a device key given as PEM.
+
+    Raise UntrustedInputError when the PEM is unusable, BadSignatureError when the signature
+    does not verify (malformed DER included).
+    """
+    key = _DEVICE_KEYS.get(public_key_pem)
+    if key is None:
+        key = load_device_public_key(public_key_pem)
+        if len(_DEVICE_KEYS) >= _MAX_CACHED_DEVICE_KEYS:
+            _DEVICE_KEYS.clear()
+        _DEVICE_KEYS[public_key_pem] = key
+    try:
+        key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        raise BadSignatureError("request signature does not verify with the device key") from None
+
+
+def new_device_key() -> DevicePrivateKey:
+    """A fresh software P-256 device key."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def sign_device_message(private_key: DevicePrivateKey, message: bytes) -> bytes:
+    """ECDSA-P256-SHA256 DER signature of ``message`` (test and benchmark device clients)."""
+    return private_key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+
+def device_public_pem(private_key: DevicePrivateKey) -> str:
+    """The SubjectPublicKeyInfo PEM of a software device key."""
+    return (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )

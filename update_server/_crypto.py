@@ -1,73 +1,40 @@
-"""The server's one door to public-key crypto: device key parsing and signature checks."""
+"""The server's edge to device-key crypto: :mod:`edgepkg.crypto` does the work (the one door
+to ``cryptography``); this module turns its errors into the server's HTTP errors."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
+from edgepkg import crypto
+from edgepkg.errors import BadSignatureError, UntrustedInputError
 from update_server.errors import BadRequestError, UnauthorizedError
 
-
-def public_key_id(public_key: ec.EllipticCurvePublicKey) -> str:
-    """Hex SHA-256 of the DER SubjectPublicKeyInfo (the edgepkg key id)."""
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
+MAX_PEM_BYTES = crypto.MAX_DEVICE_KEY_PEM_BYTES
+DevicePrivateKey = crypto.DevicePrivateKey
 
 
-MAX_PEM_BYTES = 4096
-
-
-def parse_device_public_key(pem: str) -> tuple[ec.EllipticCurvePublicKey, str]:
-    """Parse a P-256 public key PEM; return the key and its key id. Raise BadRequestError."""
-    if not isinstance(pem, str) or not pem.strip():
-        raise BadRequestError("public_key_pem must be a non-empty PEM string")
-    data = pem.encode("utf-8", "replace")
-    if len(data) > MAX_PEM_BYTES:
-        raise BadRequestError("public_key_pem is too long")
+def parse_device_public_key(pem: str) -> str:
+    """Check a P-256 public key PEM and return its key id; raise BadRequestError."""
     try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise BadRequestError(f"public_key_pem is not a valid public key PEM: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise BadRequestError("the device key must be an ECDSA P-256 (secp256r1) public key")
-    return key, public_key_id(key)
-
-
-@functools.lru_cache(maxsize=65536)
-def _cached_key(pem: str) -> ec.EllipticCurvePublicKey:
-    return parse_device_public_key(pem)[0]
+        return crypto.device_public_key_id(pem)
+    except UntrustedInputError as exc:
+        raise BadRequestError(str(exc)) from None
 
 
 def verify_device_signature(public_key_pem: str, signature: bytes, message: bytes) -> None:
     """Verify an ECDSA-P256-SHA256 DER signature by a stored device key; raise Unauthorized."""
     try:
-        key = _cached_key(public_key_pem)
-    except BadRequestError:
-        raise UnauthorizedError("the stored device key is unusable") from None
-    try:
-        key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError):
+        crypto.verify_device_signature(public_key_pem, signature, message)
+    except BadSignatureError:
         raise UnauthorizedError("request signature does not verify", code="bad_signature") from None
+    except UntrustedInputError:
+        raise UnauthorizedError("the stored device key is unusable") from None
 
 
-def sign_device_message(private_key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
-    """ECDSA-P256-SHA256 DER signature (used by test and benchmark device clients)."""
-    return private_key.sign(message, ec.ECDSA(hashes.SHA256()))
+# Software device keys, for the test and benchmark clients (update_server.testing, bench/).
+new_device_key = crypto.new_device_key
+sign_device_message = crypto.sign_device_message
+public_pem = crypto.device_public_pem
 
 
-def new_device_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+def device_key_id(key: DevicePrivateKey) -> str:
+    """The device id of a software device key."""
+    return crypto.device_public_key_id(crypto.device_public_pem(key))

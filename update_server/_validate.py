@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from typing import Any
@@ -123,17 +122,3 @@ def get_tags(obj: dict[str, Any], key: str = "tags", *, required: bool = False) 
         if t not in out:
             out.append(t)
     return out
-
-
-def parse_time(value: Any, key: str = "time") -> dt.datetime:
-    """ISO 8601 time; naive times are taken as UTC."""
-    if not isinstance(value, str) or len(value) > 64:
-        raise BadRequestError(f"{key!r} must be an ISO 8601 time string")
-    text = value[:-1] + "+00:00" if value.endswith("Z") else value
-    try:
-        t = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequestError(f"{key!r} is not an ISO 8601 time: {value!r}") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return t.astimezone(dt.UTC)

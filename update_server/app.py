@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-import importlib.util
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -14,20 +12,25 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from update_server import api_devices, api_operator, auth, metrics, openapi, tuf_files
-from update_server._services import rollout_service
+from edgepkg.errors import ProtocolError
+from update_server import metrics, openapi
+from update_server.access import require_credentials
+from update_server.alerts import api as alerts_api
 from update_server.config import ServerConfig, load_config
-from update_server.db import Database
+from update_server.dashboard import views as dashboard
+from update_server.db import Database, utcnow
+from update_server.devices import api as devices_api
 from update_server.errors import Error
-from update_server.releases import Release, ReleaseCache
+from update_server.operators import api as operator_api
+from update_server.operators import auth
+from update_server.rollouts import api as rollouts_api
+from update_server.services import Services
+from update_server.tuf import files as tuf_files
+from update_server.tuf.releases import Release, ReleaseCache
 
 log = logging.getLogger("update_server")
 
 csrf = CSRFProtect()
-
-# Optional blueprints owned by other parts of the server (rollouts API, dashboard).
-_OPTIONAL_MODULES = ("update_server.api_rollouts", "update_server.dashboard")
-
 
 def _error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
@@ -48,6 +51,11 @@ def _register_errors(app: Flask) -> None:
         if exc.status >= 500:
             log.error("server error: %s", exc.message)
         return jsonify(_error_body(exc.code, exc.message)), exc.status
+
+    @app.errorhandler(ProtocolError)
+    def handle_protocol(exc: ProtocolError) -> ResponseReturnValue:
+        # A device message that breaks the contract: 400 with the contract's reason code.
+        return jsonify(_error_body(exc.code, str(exc))), 400
 
     @app.errorhandler(CSRFError)
     def handle_csrf(exc: CSRFError) -> ResponseReturnValue:
@@ -80,23 +88,6 @@ def _csrf_guard() -> None:
     csrf.protect()
 
 
-def _load_optional(app: Flask) -> None:
-    """Register the rollouts part (API, dashboard, its metrics) when it is installed."""
-    service = rollout_service()
-    if service is not None and hasattr(service, "init_app"):
-        service.init_app(app)
-        registered = True
-    else:
-        registered = False
-    for name in _OPTIONAL_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
-        module = importlib.import_module(name)
-        if not registered and hasattr(module, "bp"):
-            app.register_blueprint(module.bp)
-        app.extensions["edgepkg_openapi_paths"].update(getattr(module, "OPENAPI_PATHS", {}))
-
-
 def create_app(
     config: ServerConfig | None = None,
     *,
@@ -122,17 +113,26 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     db = Database(pool_size=cfg.db_pool_size, pool_pre_ping=cfg.db_pool_pre_ping)
     db.init_app(app)
+    Services(
+        config=cfg,
+        releases=ReleaseCache(cfg.repo_dir, release_reader),
+        clock=clock or utcnow,
+        openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS},
+    ).install(app)
+    metrics.init_app(app)
+    rollouts_api.register_metrics(app)
+    # Hooks run in this order: metrics (so refused requests are counted too), credentials
+    # (deny by default), then CSRF (for the state-changing forms of a signed-in operator).
+    app.before_request(require_credentials)
     csrf.init_app(app)
     app.before_request(_csrf_guard)
-    if clock is not None:
-        app.extensions["edgepkg_clock"] = clock
-    app.extensions["edgepkg_releases"] = ReleaseCache(cfg.repo_dir, release_reader)
-    app.extensions["edgepkg_openapi_paths"] = {}
-    metrics.init_app(app)
     for blueprint in (
         auth.bp,
-        api_devices.bp,
-        api_operator.bp,
+        devices_api.bp,
+        operator_api.bp,
+        rollouts_api.bp,
+        alerts_api.bp,
+        dashboard.bp,
         tuf_files.bp,
         openapi.bp,
     ):
@@ -141,13 +141,10 @@ def create_app(
 
     @app.get("/")
     def index() -> ResponseReturnValue:
-        if "dashboard.index" in app.view_functions:
-            return redirect(url_for("dashboard.index"))
-        return jsonify(service="edgepkg update server", api="/api/openapi.json")
+        return redirect(url_for("dashboard.index"))
 
     @app.get("/healthz")
     def healthz() -> ResponseReturnValue:
         return jsonify(status="ok")
 
-    _load_optional(app)
     return app

@@ -4,7 +4,8 @@
     edgepkg-server run [--bind 0.0.0.0:8080] [--workers N] [--worker-class gthread|sync]
         [--threads 4] [--keep-alive 75] [--no-access-log] [--migrate]
     edgepkg-server create-token --role admin|release|viewer --name NAME [--expires-in 90d]
-    edgepkg-server create-user --username NAME --role ROLE  (password: $EDGEPKG_PASSWORD or stdin)
+    edgepkg-server create-user --username NAME --role ROLE
+        (password from EDGEPKG_PASSWORD or stdin)
     edgepkg-server create-enrollment [--uses N] [--expires 7d|ISO] [--tags a,b] [--note TEXT]
 
 Exit status: 0 success, 1 error, 2 usage. ``--json`` prints machine-readable output, and makes
@@ -27,11 +28,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from edgepkg._cli_support import CliParser, run_cli
 from update_server import schema
-from update_server.auth import create_enrollment_token, create_operator_token, create_user
 from update_server.config import ENV_PREFIX, ServerConfig, load_config
 from update_server.db import Database, utcnow
 from update_server.errors import BadRequestError, Error
-from update_server.models import ROLES
+from update_server.operators.auth import create_enrollment_token, create_operator_token, create_user
+from update_server.operators.models import ROLES
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
@@ -55,7 +55,7 @@ class Base(DeclarativeBase):
     """Declarative base of every server table."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
         dt.datetime: UTCDateTime(),
         dict[str, Any]: JSON(),
         list[str]: JSON(),
@@ -173,3 +173,10 @@ def _close_request_session(_exc: BaseException | None) -> None:
             s.rollback()
         finally:
             s.close()
+
+
+def flush_pending(session: Session) -> None:
+    """Core statements do not autoflush: flush ORM changes a caller made first (cheap no-op on
+    the check-in path, whose session holds no ORM objects)."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()

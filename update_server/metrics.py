@@ -26,9 +26,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
-from update_server.auth import require_operator
 from update_server.config import ServerConfig
-from update_server.models import Device, DeviceModel
+from update_server.devices.models import Device, DeviceModel
+from update_server.operators.auth import require_operator
 
 bp = Blueprint("metrics", __name__)
 
@@ -109,13 +109,13 @@ def init_app(app: Flask) -> None:
 def _render() -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         out = generate_latest(registry)
     else:
         out = generate_latest(_REGISTRY)
     extra = CollectorRegistry(auto_describe=False)
     for c in current_app.extensions["edgepkg_metric_collectors"]:
-        extra.register(c)  # type: ignore[arg-type]
+        extra.register(c)
     return out + generate_latest(extra)
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
+
+from edgepkg.protocol import EVENT_TYPES
+from update_server.services import services
 
 bp = Blueprint("openapi", __name__)
 
@@ -151,19 +154,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "type", "time"],
         "properties": {
             "id": {"type": "string", "format": "uuid"},
-            "type": {
-                "enum": [
-                    "download_started",
-                    "download_finished",
-                    "verification_failed",
-                    "validation_result",
-                    "installed",
-                    "trial_started",
-                    "committed",
-                    "rolled_back",
-                    "rejected",
-                ]
-            },
+            "type": {"enum": list(EVENT_TYPES)},
             "time": {"type": "string", "format": "date-time"},
             "model": {"type": ["string", "null"]},
             "version": {"type": ["string", "null"]},
@@ -357,4 +348,4 @@ def build_spec(extra_paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 @bp.get("/api/openapi.json")
 def openapi_json() -> ResponseReturnValue:
-    return jsonify(build_spec(current_app.extensions["edgepkg_openapi_paths"]))
+    return jsonify(build_spec(services().openapi_paths))

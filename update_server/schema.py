@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 
 from alembic import command
@@ -12,17 +10,18 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData
 
+# Every table module, imported for its side effect of registering tables on Base.metadata.
+from update_server.alerts import models as _alert_tables  # noqa: F401
 from update_server.db import Base, init_engine
+from update_server.devices import models as _device_tables  # noqa: F401
+from update_server.operators import models as _operator_tables  # noqa: F401
+from update_server.rollouts import models as _rollout_tables  # noqa: F401
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-_TABLE_MODULES = ("update_server.models", "update_server.rollout_models")
 
 
 def target_metadata() -> MetaData:
-    """``Base.metadata`` with every table module of the server imported."""
-    for name in _TABLE_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
+    """``Base.metadata`` with every table of the server (the modules are imported above)."""
     return Base.metadata
 
 

@@ -1,5 +1,5 @@
 """A software device client for tests, benchmarks and examples (not for production devices,
-whose keys live in a hardware token): signs requests exactly as the device API requires."""
+whose keys live in a hardware token): signs requests exactly as :mod:`edgepkg.protocol` says."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import secrets
 import time
 from typing import Any
 
-from update_server._crypto import new_device_key, public_key_id, public_pem, sign_device_message
-from update_server.device_auth import (
+from edgepkg.protocol import (
     HEADER_DEVICE,
     HEADER_NONCE,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
-    canonical_request,
+    signing_string,
 )
+from update_server._crypto import device_key_id, new_device_key, public_pem, sign_device_message
 
 
 class SoftwareDevice:
@@ -25,7 +25,7 @@ class SoftwareDevice:
     def __init__(self) -> None:
         self._key = new_device_key()
         self.public_key_pem = public_pem(self._key)
-        self.device_id = public_key_id(self._key.public_key())
+        self.device_id = device_key_id(self._key)
 
     def signed_headers(
         self,
@@ -39,7 +39,7 @@ class SoftwareDevice:
     ) -> dict[str, str]:
         ts = str(int(time.time()) if timestamp is None else timestamp)
         nonce = nonce or secrets.token_hex(16)
-        message = canonical_request(method, path_with_query, ts, nonce, body)
+        message = signing_string(method, path_with_query, ts, nonce, body)
         signature = sign_device_message(self._key, message)
         return {
             HEADER_DEVICE: device_id or self.device_id,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests._rollout_fixtures import make_app, migrated
+from tests.update_server._rollout_fixtures import make_app, migrated
 from update_server.auth import create_enrollment_token, create_operator_token
 from update_server.db import get_db, utcnow
 from update_server.testing import SoftwareDevice

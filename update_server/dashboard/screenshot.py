@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         print(screenshot(args[0], args[1], token))
-    except Exception as exc:  # noqa: BLE001 - a CLI reports, never a traceback
+    except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,191 @@
+"""Server-rendered operator dashboard (Jinja, behind the operator login).
+
+Pages: fleet overview, rollouts (stage, progress, failures, pause reason, pause/resume/abort
+buttons), one rollout, devices, one device (event history), alerts. State-changing forms carry
+the flask-wtf CSRF token; buttons need the ``release`` role. No external assets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import func, select
+
+from update_server.alerts.api import SILENT_INTERVALS
+from update_server.alerts.service import fleet_alerts
+from update_server.db import get_session
+from update_server.devices.models import Device, DeviceModel, Event
+from update_server.errors import Error
+from update_server.operators.auth import current_operator, require_operator
+from update_server.rollouts import service as svc
+from update_server.services import services
+
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    url_prefix="/dashboard",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+PAGE = 200
+
+
+def now_() -> dt.datetime:
+    return services().now()
+
+
+def poll_interval() -> int:
+    return services().config.poll_interval
+
+
+def _ctx(**kw: Any) -> dict[str, Any]:
+    op = current_operator()
+    kw.setdefault("operator", op)
+    kw.setdefault("can_release", bool(op and op.can("release")))
+    kw.setdefault("now", now_())
+    return kw
+
+
+def _online_after(now: dt.datetime) -> dt.datetime:
+    return now - dt.timedelta(seconds=poll_interval() * SILENT_INTERVALS)
+
+
+@bp.app_template_filter("ago")
+def _ago(value: dt.datetime | None) -> str:
+    if value is None:
+        return "never"
+    s = int((now_() - value).total_seconds())
+    if s < 0:
+        return "just now"
+    for unit, n in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= n:
+            return f"{s // n} {unit} ago"
+    return f"{s} s ago"
+
+
+@bp.get("/")
+@require_operator("viewer")
+def index() -> ResponseReturnValue:
+    db = get_session()
+    now = now_()
+    after = _online_after(now)
+    total = db.scalar(select(func.count()).select_from(Device)) or 0
+    disabled = db.scalar(select(func.count()).where(Device.status != "enabled")) or 0
+    online = (
+        db.scalar(select(func.count()).where(Device.status == "enabled", Device.last_seen >= after))
+        or 0
+    )
+    versions = db.execute(
+        select(DeviceModel.model, DeviceModel.version, func.count())
+        .group_by(DeviceModel.model, DeviceModel.version)
+        .order_by(DeviceModel.model, DeviceModel.version)
+    ).all()
+    rollouts = [svc.rollout_json(db, r) for r in svc.list_rollouts(db, limit=20)]
+    alerts = fleet_alerts(db, now, poll_interval_s=poll_interval())
+    return render_template(
+        "dashboard/overview.html",
+        **_ctx(
+            total=total,
+            online=online,
+            offline=total - online - disabled,
+            disabled=disabled,
+            versions=versions,
+            rollouts=[r for r in rollouts if r["status"] in ("running", "paused")],
+            alert_count=len(alerts),
+            alerts=alerts[:5],
+        ),
+    )
+
+
+@bp.get("/rollouts")
+@require_operator("viewer")
+def rollouts() -> ResponseReturnValue:
+    db = get_session()
+    items = [svc.rollout_json(db, r) for r in svc.list_rollouts(db)]
+    return render_template("dashboard/rollouts.html", **_ctx(rollouts=items))
+
+
+@bp.get("/rollouts/<rollout_id>")
+@require_operator("viewer")
+def rollout(rollout_id: str) -> ResponseReturnValue:
+    db = get_session()
+    r = svc.rollout_json(db, svc.get_rollout(db, rollout_id))
+    return render_template("dashboard/rollout.html", **_ctx(r=r))
+
+
+@bp.post("/rollouts/<rollout_id>/<action>")
+@require_operator("release")
+def rollout_action(rollout_id: str, action: str) -> ResponseReturnValue:
+    if action not in ("pause", "resume", "abort"):
+        abort(404)
+    db = get_session()
+    op = current_operator()
+    reason = (request.form.get("reason") or "").strip()[:500] or None
+    try:
+        svc.operator_action(
+            db, rollout_id, action, now=now_(), actor=op.name if op else None, reason=reason
+        )
+        db.commit()
+        flash(f"Rollout {rollout_id}: {action} done.", "ok")
+    except Error as exc:
+        db.rollback()
+        flash(f"Rollout {rollout_id}: {exc.message}", "error")
+    target = request.form.get("next") or ""
+    if target.startswith("/dashboard/") and "//" not in target and "\\" not in target:
+        return redirect(target)
+    return redirect(url_for("dashboard.rollouts"))
+
+
+@bp.get("/devices")
+@require_operator("viewer")
+def devices() -> ResponseReturnValue:
+    db = get_session()
+    q = select(Device).order_by(Device.last_seen.desc().nulls_last(), Device.id)
+    tag = request.args.get("tag")
+    rows = list(db.scalars(q.limit(5000)))
+    if tag:
+        rows = [d for d in rows if tag in (d.tags or [])]
+    after = _online_after(now_())
+    return render_template(
+        "dashboard/devices.html",
+        **_ctx(
+            devices=rows[:PAGE],
+            shown=min(len(rows), PAGE),
+            matched=len(rows),
+            tag=tag,
+            online_after=after,
+        ),
+    )
+
+
+@bp.get("/devices/<device_id>")
+@require_operator("viewer")
+def device(device_id: str) -> ResponseReturnValue:
+    db = get_session()
+    d = db.get(Device, device_id) if len(device_id) <= 64 else None
+    if d is None:
+        abort(404)
+    events = list(
+        db.scalars(
+            select(Event).where(Event.device_id == d.id).order_by(Event.seq.desc()).limit(PAGE)
+        )
+    )
+    return render_template(
+        "dashboard/device.html",
+        **_ctx(
+            d=d, events=events, online=bool(d.last_seen and d.last_seen >= _online_after(now_()))
+        ),
+    )
+
+
+@bp.get("/alerts")
+@require_operator("viewer")
+def alerts() -> ResponseReturnValue:
+    db = get_session()
+    items = fleet_alerts(db, now_(), poll_interval_s=poll_interval())
+    return render_template("dashboard/alerts.html", **_ctx(alerts=items))

@@ -1,0 +1,1 @@
+"""Operators: users and tokens (tables), authentication and roles, the operator API."""

@@ -1,0 +1,1 @@
+"""The TUF repository as the server sees it: static files and the current releases."""
