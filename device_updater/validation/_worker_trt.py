@@ -21,7 +21,7 @@ class TensorRtModel:
             from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
         except ImportError:
             try:
-                from cuda import cudart  # type: ignore[no-redef]
+                from cuda import cudart
             except ImportError:
                 raise NotInstalled("TensorRT needs cuda-python for device buffers") from None
         self.trt, self.cudart = trt, cudart

@@ -169,7 +169,7 @@ def load_outputs(path: Path, what: str) -> np.ndarray:
     try:
         if path.stat().st_size > MAX_OUTPUT_BYTES:
             raise RunnerFailedError(f"{what} wrote more than {MAX_OUTPUT_BYTES} bytes of outputs")
-        return np.load(path, allow_pickle=False)
+        return np.asarray(np.load(path, allow_pickle=False))
     except FileNotFoundError:
         raise RunnerFailedError(f"{what} exited 0 but wrote no outputs") from None
     except (ValueError, OSError) as exc:
