@@ -209,12 +209,12 @@ def score(policy: Policy, holdout: Holdout, cand: ModelRun,
         names = (policy.detection.boxes, policy.detection.scores, policy.detection.classes)
         scored = list(names)
         gt = holdout.boxes if holdout.boxes is not None else np.zeros((0, 6))
-        dets = [mx.detections(cand.outputs, names, n)]
+        dets = [mx.match(mx.detections(cand.outputs, names, n), gt, n)]
         if running is not None:
-            dets.append(mx.detections(running.outputs, names, n))
+            dets.append(mx.match(mx.detections(running.outputs, names, n), gt, n))
 
         def fn(idx: np.ndarray, m: int) -> float:
-            return mx.map50(dets[m], gt, idx)
+            return mx.map50(dets[m], idx)
     else:
         oname, y = _output(cand, policy)
         scored = [oname]

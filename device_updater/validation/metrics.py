@@ -188,47 +188,67 @@ def _iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
     return np.asarray(inter / np.maximum(area + areas - inter, 1e-12))
 
 
-def map50(det: tuple[np.ndarray, np.ndarray, np.ndarray], gt: np.ndarray,
-          idx: np.ndarray) -> float:
-    """mAP at IoU 0.5 (all-point interpolated AP, averaged over classes with labelled boxes)
-    over the samples ``idx`` (a resample may repeat a sample: each copy counts)."""
+@dataclass(frozen=True)
+class Matched:
+    """Detections matched to labelled boxes once (greedy by score, IoU >= 0.5, per sample and
+    class, as VOC/COCO do); a resample then only re-weights samples, so mAP over hundreds of
+    bootstrap resamples costs a few sorts, not a re-match each."""
+
+    sample: np.ndarray  # per detection
+    cls: np.ndarray
+    score: np.ndarray
+    hit: np.ndarray
+    gt_counts: np.ndarray  # [N, classes]
+    classes: np.ndarray  # class ids with labelled boxes
+
+
+def match(det: tuple[np.ndarray, np.ndarray, np.ndarray], gt: np.ndarray, n: int) -> Matched:
     boxes, scores, classes = det
-    by_sample: dict[int, np.ndarray] = {}
-    for s in np.unique(gt[:, 0]).astype(np.int64):
-        by_sample[int(s)] = gt[gt[:, 0] == s]
-    aps = []
-    for cls in np.unique(gt[:, 1]).astype(np.int64):
-        recs: list[tuple[float, int]] = []
-        total = 0
-        for copy, i in enumerate(idx):
-            g = by_sample.get(int(i))
-            g = g[g[:, 1] == cls][:, 2:] if g is not None else np.zeros((0, 4))
-            total += len(g)
-            sel = (classes[i] == cls) & (scores[i] > 0)
+    labelled = np.unique(gt[:, 1]).astype(np.int64)
+    col = {int(c): j for j, c in enumerate(labelled)}
+    counts = np.zeros((n, len(labelled)), np.int64)
+    rows: list[tuple[int, int, float, int]] = []
+    for i in range(n):
+        g_i = gt[gt[:, 0] == i]
+        for c in np.unique(np.concatenate([classes[i], g_i[:, 1].astype(np.int64)])):
+            g = g_i[g_i[:, 1] == c][:, 2:]
+            if int(c) in col:
+                counts[i, col[int(c)]] = len(g)
+            sel = np.flatnonzero((classes[i] == c) & (scores[i] > 0))
             used = np.zeros(len(g), bool)
-            for j in np.argsort(-scores[i][sel], kind="mergesort"):
-                box = boxes[i][sel][j]
+            for j in sel[np.argsort(-scores[i][sel], kind="mergesort")]:
                 hit = 0
                 if len(g):
-                    ious = _iou(box, g)
+                    ious = _iou(boxes[i][j], g)
                     ious[used] = -1
                     k = int(ious.argmax())
                     if ious[k] >= 0.5:
-                        used[k] = True
-                        hit = 1
-                recs.append((float(scores[i][sel][j]) + copy * 0.0, hit))
+                        used[k], hit = True, 1
+                rows.append((i, int(c), float(scores[i][j]), hit))
+    arr = np.array(rows, np.float64).reshape(-1, 4)
+    return Matched(arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2],
+                   arr[:, 3], counts, labelled)
+
+
+def map50(m: Matched, idx: np.ndarray) -> float:
+    """mAP at IoU 0.5 (all-point interpolated AP, averaged over classes with labelled boxes)
+    over the samples ``idx`` (a resample may repeat a sample: each copy counts)."""
+    weight = np.bincount(idx, minlength=m.gt_counts.shape[0]).astype(np.float64)
+    aps = []
+    for j, c in enumerate(m.classes):
+        total = float(weight @ m.gt_counts[:, j])
         if total == 0:
             continue
-        recs.sort(key=lambda t: -t[0])
-        hits = np.array([h for _, h in recs], np.float64)
-        tp = np.cumsum(hits)
-        fp = np.cumsum(1 - hits)
-        recall = tp / total if len(hits) else np.zeros(0)
-        precision = tp / np.maximum(tp + fp, 1e-12) if len(hits) else np.zeros(0)
+        sel = np.flatnonzero(m.cls == c)
+        sel = sel[np.argsort(-m.score[sel], kind="mergesort")]
+        w = weight[m.sample[sel]]
+        tp = np.cumsum(w * m.hit[sel])
+        fp = np.cumsum(w * (1 - m.hit[sel]))
+        recall = tp / total
+        precision = tp / np.maximum(tp + fp, 1e-12)
         mrec = np.concatenate([[0.0], recall, [1.0]])
         mpre = np.concatenate([[0.0], precision, [0.0]])
-        for j in range(len(mpre) - 2, -1, -1):
-            mpre[j] = max(mpre[j], mpre[j + 1])
-        steps = np.where(mrec[1:] != mrec[:-1])[0]
+        mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+        steps = np.flatnonzero(mrec[1:] != mrec[:-1])
         aps.append(float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1])))
     return float(np.mean(aps)) if aps else math.nan
