@@ -8,6 +8,7 @@
     edge-updater rollback [--model NAME]
     edge-updater current-model [--model NAME] [--stream]
     edge-updater report-health --ok|--fail|--started [--latency-ms MS] [--inferences N]
+    edge-updater validate --candidate M --running M --holdout DIR --policy P.toml  # no config
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from device_updater import validate_cmd
 from device_updater.config import Config, load_config
 from device_updater.errors import ConfigError, NoActiveSlotError, UntrustedDeviceInputError
 from edgepkg.errors import Error
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--metric", type=float)
     h.add_argument("--message")
     h.set_defaults(func=_cmd_report_health)
+    validate_cmd.register(sub)  # exits 0 accept / 1 reject / 2 usage or setup
     return p
 
 
@@ -265,6 +268,8 @@ def _cmd_report_health(args: argparse.Namespace, config: Config) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "standalone", None):  # needs no device config (release pipelines)
+        return int(args.standalone(args))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
