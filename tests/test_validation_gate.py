@@ -282,3 +282,40 @@ def test_gate_first_install_checks_absolute_rules_only(models) -> None:
     r = run_gate(models["dir"] / "good.onnx", "onnx", None, None, h, policy, timeout=60)
     assert r.accepted
     assert {c.rule: c.status for c in r.verdict.checks}["max_regression"] == "skipped"
+
+
+# --- the daemon's entry point: both slots exported, the gate run, evidence sized for an event ---
+
+
+def test_validate_slots_judges_the_candidate_slot_against_the_active_one(models,
+                                                                         tmp_path) -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from device_updater.slots import BundleSealer, ModelSummary, SlotStore
+    from device_updater.validation.device import MAX_DETAIL_BYTES, validate_slots
+    from edgepkg.keys._software import FileRecipientKey
+
+    key = FileRecipientKey(ec.generate_private_key(ec.SECP256R1()), "test device key")
+    store = SlotStore(tmp_path / "slots", sealer=BundleSealer(key, chunk_size=4096))
+    policy = {"metric": "top1_accuracy", "min": 0.8, "max_regression": 0.02,
+              "max_latency_ratio": 1.5, "max_memory_ratio": 2.0}
+
+    def install(version: str, fname: str) -> tuple[ModelSummary, str]:
+        data = (models["dir"] / fname).read_bytes()
+        s = ModelSummary(name="m", version=version, sha256=hashlib.sha256(data).hexdigest(),
+                         length=len(data), format="onnx", policy=policy)
+        slot = store.write(s, [data]).name
+        return s, slot
+
+    _, first = install("1.0.0", "good.onnx")
+    store.switch_to(first)
+    bad, bad_slot = install("2.0.0", "bad.onnx")
+    accepted, reasons, details = validate_slots(
+        store, bad_slot, bad, store.active(), holdout_path=models["holdout"],
+        runtime_dir=tmp_path / "run", timeout=60, latency_budget_s=0.5)
+    assert not accepted and reasons[0].startswith("min:")
+    assert details["checks"][0]["status"] == "fail"
+    assert len(json.dumps(details)) <= MAX_DETAIL_BYTES
+    assert not list((tmp_path / "run").glob(".export-*"))  # plaintext exports removed
