@@ -316,6 +316,6 @@ def test_validate_slots_judges_the_candidate_slot_against_the_active_one(models,
         store, bad_slot, bad, store.active(), holdout_path=models["holdout"],
         runtime_dir=tmp_path / "run", timeout=60, latency_budget_s=0.5)
     assert not accepted and reasons[0].startswith("min:")
-    assert details["checks"][0]["status"] == "fail"
+    assert details["checks"][0]["status"] == "fail" and details["passed"] is False
     assert len(json.dumps(details)) <= MAX_DETAIL_BYTES
     assert not list((tmp_path / "run").glob(".export-*"))  # plaintext exports removed

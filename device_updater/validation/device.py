@@ -54,7 +54,13 @@ def validate_slots(slots: SlotStore, candidate_slot: str, candidate: ModelSummar
         f"all {sum(c.status == 'pass' for c in result.verdict.checks)} rules passed"]
     reasons += [f"skipped {c.rule}: {c.message}" for c in result.verdict.checks
                 if c.status == "skipped"]
-    return result.accepted, reasons, {"checks": compact_checks(result.verdict.to_dict())}
+    details: dict[str, Any] = {"passed": result.accepted, "metric": policy.metric,
+                               "checks": compact_checks(result.verdict.to_dict())}
+    if result.evidence is not None:  # the server's validation alert reads value/min
+        details["value"] = result.evidence.metric.candidate.value
+        if policy.min is not None and not policy.lower_is_better:
+            details["min"] = policy.min
+    return result.accepted, reasons, details
 
 
 def compact_checks(verdict: Mapping[str, Any], limit: int = MAX_DETAIL_BYTES) -> list[Any]:
