@@ -4,6 +4,11 @@ Every builder returns the model file's bytes:
 
 - :func:`onnx_mlp_classifier` – Gemm/Relu/.../Softmax, float32 ``[N, F]`` -> probabilities
   ``[N, C]``; runs under ONNX Runtime.
+- :func:`onnx_mlp` – the same MLP with a chosen head (probabilities, logits, class ids via
+  ArgMax, logits *and* probabilities, or a raw value for regression/anomaly scores), a chosen
+  input dtype and an optional memory hog (a large runtime tensor): the validation corpus.
+- :func:`onnx_detector` – a small detector: ``[N, K, F]`` proposals -> ``boxes [N, K, 4]``,
+  ``scores [N, K]``, ``classes [N, K]`` (MatMul/Softmax/ReduceMax/ArgMax).
 - :func:`tflite_mlp_classifier` – FULLY_CONNECTED/RELU/.../SOFTMAX as a real TFLite flatbuffer,
   float32 or full-integer int8 (int8 input and output; quantize the input with the input tensor's
   ``quantization`` = (scale, zero_point)); runs under LiteRT and TFLite Micro.
@@ -35,6 +40,8 @@ __all__ = [
     "blobs_dataset",
     "edgetpu_model",
     "mlp_forward",
+    "onnx_detector",
+    "onnx_mlp",
     "onnx_mlp_classifier",
     "quantize_input",
     "tensorrt_header",
@@ -155,6 +162,9 @@ def onnx_mlp_classifier(
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
 
+
+# Builders for the validation corpus live apart to keep this module small.
+from edgepkg.formats._build_onnx import onnx_detector, onnx_mlp  # noqa: E402
 
 # --- TFLite ----------------------------------------------------------------------------------
 
