@@ -117,7 +117,7 @@ def _package(args: argparse.Namespace) -> int:
     if not args.recipient and not args.key_service:
         raise UsageError("give at least one --recipient or --key-service public key")
     if args.check_load:  # refuse a model its runtime cannot load, before any key is used
-        from edgepkg.formats import check_load
+        from edgepkg.formats.loadcheck import check_load
         check_load(args.model, format=args.format, requirements=_parse_requirements(args.require))
     signer = load_signer(args.sign_key)
     # A key-service key is a recipient like any other; the name says what it is for.
