@@ -34,7 +34,7 @@ import math
 import resource
 import sys
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -43,33 +43,13 @@ EXIT_CONTRACT = 4
 EXIT_MEMORY = 5
 
 
-class NotInstalled(Exception):
-    pass
-
-
-class ContractError(Exception):
-    pass
-
-
-Spec = dict[str, Any]  # {"name", "dtype", "shape", "quantization": [scale, zp] | None}
-
-
-class Model(Protocol):
-    inputs: list[Spec]
-    outputs: list[Spec]
-    runtime: str
-
-    def set_inputs(self, feed: list[np.ndarray]) -> None: ...
-    def invoke(self) -> None: ...
-    def get_outputs(self) -> list[np.ndarray]: ...
-
-
-def _spec(name: str, dtype: Any, shape: Any, scale: float = 0.0, zp: int = 0) -> Spec:
-    dims = [int(d) if isinstance(d, int | np.integer) and int(d) >= 0 else -1
-            for d in list(shape)]
-    quant = [float(scale), int(zp)] if scale and np.issubdtype(np.dtype(dtype), np.integer) \
-        else None
-    return {"name": str(name), "dtype": np.dtype(dtype).name, "shape": dims, "quantization": quant}
+from device_updater.validation._worker_spec import (  # noqa: E402
+    ContractError,
+    Model,
+    NotInstalled,
+    Spec,
+    _spec,
+)
 
 
 def _dequantize(y: np.ndarray, spec: Spec) -> np.ndarray:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from device_updater.validation._worker import NotInstalled, Spec, _spec
+from device_updater.validation._worker_spec import NotInstalled, Spec, _spec
 
 
 class TensorRtModel:

@@ -12,7 +12,7 @@ Weights = Sequence[tuple[np.ndarray, np.ndarray]]
 
 
 def _check_weights(weights: Weights) -> list[tuple[np.ndarray, np.ndarray]]:
-    from edgepkg.formats.build import _check_weights as check
+    from edgepkg.formats._build_common import _check_weights as check
 
     return check(weights)
 

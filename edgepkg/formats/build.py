@@ -50,27 +50,9 @@ __all__ = [
     "train_mlp",
 ]
 
-Weights = Sequence[tuple[np.ndarray, np.ndarray]]
-
+from edgepkg.formats._build_common import Weights, _check_weights
 
 # --- numpy reference -------------------------------------------------------------------------
-
-
-def _check_weights(weights: Weights) -> list[tuple[np.ndarray, np.ndarray]]:
-    if not weights:
-        raise UsageError("an MLP needs at least one (W, b) layer")
-    out = []
-    prev = None
-    for i, (w, b) in enumerate(weights):
-        w = np.asarray(w, dtype=np.float32)
-        b = np.asarray(b, dtype=np.float32)
-        if w.ndim != 2 or b.shape != (w.shape[1],):
-            raise UsageError(f"layer {i}: W must be [in, out] and b [out], got {w.shape}, {b.shape}")
-        if prev is not None and w.shape[0] != prev:
-            raise UsageError(f"layer {i}: expects {w.shape[0]} inputs but the previous gives {prev}")
-        prev = w.shape[1]
-        out.append((w, b))
-    return out
 
 
 def mlp_forward(weights: Weights, x: np.ndarray) -> np.ndarray:
@@ -225,7 +207,7 @@ def tflite_mlp_classifier(
         t.name = name
         t.shape = list(shape)
         if shape and shape[0] == batch and data is None:
-            t.shapeSignature = [-1] + list(shape[1:])
+            t.shapeSignature = [-1, *shape[1:]]
         t.type = ttype
         t.buffer = add_buffer(data) if data is not None else 0
         if q is not None:
