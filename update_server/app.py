@@ -135,6 +135,7 @@ def create_app(
         api_operator.bp,
         tuf_files.bp,
         openapi.bp,
+        importlib.import_module("update_server.fleet_versions").bp,  # r11 fleet deltas
     ):
         app.register_blueprint(blueprint)
     _register_errors(app)
