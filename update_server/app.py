@@ -20,6 +20,7 @@ from update_server.config import ServerConfig, load_config
 from update_server.dashboard import views as dashboard
 from update_server.db import Database, utcnow
 from update_server.devices import api as devices_api
+from update_server.devices import fleet_versions
 from update_server.errors import Error
 from update_server.operators import api as operator_api
 from update_server.operators import auth
@@ -135,6 +136,7 @@ def create_app(
         dashboard.bp,
         tuf_files.bp,
         openapi.bp,
+        fleet_versions.bp,
     ):
         app.register_blueprint(blueprint)
     _register_errors(app)

@@ -10,8 +10,8 @@ from typing import Any
 
 from edgepkg._json import loads_bounded
 from edgepkg.errors import BundleError, TooLargeError, UsageError
-from edgepkg.protocol import InvalidVersionError, is_version, version_key
 from edgepkg.policy import PolicySchemaError, parse_policy
+from edgepkg.protocol import InvalidVersionError, is_version, version_key
 
 MANIFEST_SCHEMA = 1
 MAX_MANIFEST_BYTES = 1 << 20
