@@ -118,7 +118,8 @@ def create_app(
         config=cfg,
         releases=ReleaseCache(cfg.repo_dir, release_reader),
         clock=clock or utcnow,
-        openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS},
+        openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS,
+                       **fleet_versions.OPENAPI_PATHS},
     ).install(app)
     metrics.init_app(app)
     rollouts_api.register_metrics(app)

@@ -15,17 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, request
-from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
 from edgepkg.errors import ProtocolError
 from edgepkg.protocol import check_target_model
-from update_server.operators.auth import require_operator
 from update_server.db import get_session
-from update_server.errors import BadRequestError
 from update_server.devices.models import DEVICE_ENABLED, Device, DeviceModel
+from update_server.errors import BadRequestError
 from update_server.openapi import ERRORS
+from update_server.operators.auth import require_operator
 
 bp = Blueprint("fleet_versions", __name__, url_prefix="/api/v1")
 
@@ -88,10 +87,3 @@ OPENAPI_PATHS: dict[str, Any] = {
         }
     }
 }
-
-
-def _document(state: BlueprintSetupState) -> None:
-    state.app.extensions.setdefault("edgepkg_openapi_paths", {}).update(OPENAPI_PATHS)
-
-
-bp.record_once(_document)
