@@ -47,7 +47,9 @@ def _bytes(events: list[dict[str, Any]], version: str | None = None) -> int:
 
 def _metric(events: list[dict[str, Any]], version: str) -> float | None:
     for e in _events_for(events, version, "validation_result"):
-        value = (e.get("details", {}).get("values") or {}).get("candidate")
+        details = e.get("details", {})
+        # The gate reports the policy metric as "value" (older devices: values.candidate).
+        value = details.get("value", (details.get("values") or {}).get("candidate"))
         if isinstance(value, int | float):
             return float(value)
     return None
