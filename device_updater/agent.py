@@ -14,7 +14,7 @@ One cycle::
 The agent is a thin I/O shell over the pure state machine (:mod:`device_updater.state`): each
 state is saved *before* the action it names, every change of state is a transition (the
 delta-to-full fallback included), and failures become events through the one table in
-:mod:`device_updater.outcomes`. Start-up runs :func:`~device_updater.state.run_recovery` for
+:mod:`device_updater.outcomes`. Start-up runs :func:`~device_updater.recovery.run_recovery` for
 every model. Network failures never touch the running model: the cycle ends and the loop backs
 off. Expired TUF metadata blocks new installs only.
 
@@ -48,13 +48,13 @@ from device_updater.http import DeviceAuth, DeviceClient
 from device_updater.keystore import Keystore
 from device_updater.layout import Layout, remove_stale_workdirs
 from device_updater.outcomes import Action, classify
+from device_updater.recovery import run_recovery
 from device_updater.slots import SlotInfo, other_slot
 from device_updater.state import (
     FallBackToFull,
     Phase,
     RollBack,
     Start,
-    run_recovery,
 )
 from device_updater.steps import UpdateSteps
 from device_updater.trial import HealthLog, TrialPolicy
