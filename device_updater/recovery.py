@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from device_updater.errors import StateError
-from device_updater.slot_values import SlotsView, other_slot
+from device_updater.slot_values import ModelSummary, SlotsView, other_slot
 from device_updater.state import Limits, Phase, UpdateState
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,8 @@ def recovery_action(state: UpdateState, slots: SlotsView, now: float,
         activate = fix_active(expected, bad)
         final_active = activate or active
         discard = None
-        if bad is not None and bad != final_active and (
-            slots.complete(bad) or slots.slots[bad].partial
-        ):
+        if bad is not None and bad != final_active and holds_abandoned_candidate(
+                slots, bad, s.candidate):
             discard = bad
         if activate is None and discard is None:
             return RecoveryAction(state=s, reason="nothing to do")
@@ -111,12 +110,14 @@ def recovery_action(state: UpdateState, slots: SlotsView, now: float,
                         expected_active=active, transitions=s.transitions + 1)
         return RecoveryAction(
             state=given, save=True, reason=reason,
-            discard=cand if cand and cand != active and _dirty(slots, cand) else None,
+            discard=cand if cand and cand != active
+            and holds_abandoned_candidate(slots, cand, s.candidate) else None,
             activate=fix_active(active, cand),
         )
 
     if s.phase in (Phase.DOWNLOADING, Phase.VERIFYING):
-        discard = cand if cand and cand != active and _dirty(slots, cand) else None
+        discard = (cand if cand and cand != active
+                   and holds_abandoned_candidate(slots, cand, s.candidate) else None)
         return RecoveryAction(state=restarted, save=True, discard=discard,
                               activate=fix_active(active, cand), resume=True,
                               reason=f"resume {s.phase.value}")
@@ -165,6 +166,24 @@ def recovery_action(state: UpdateState, slots: SlotsView, now: float,
     raise StateError(f"no recovery rule for phase {s.phase}")  # pragma: no cover
 
 
+def holds_abandoned_candidate(slots: SlotsView, name: str,
+                              candidate: ModelSummary | None) -> bool:
+    """Whether slot ``name`` holds what an abandoned (rejected or rolled-back) candidate left
+    there, which is then discarded: the data of an interrupted write, or the candidate itself.
+
+    A complete slot holding another model is the previous good version, untouched because the
+    candidate was given up before its writer started (which is the moment that version is
+    dropped): it is kept, so the device still has two versions (docs/device-integrator.md).
+    Without a known candidate the slot is treated as the candidate's, as before.
+    """
+    st = slots.slots.get(name)
+    if st is None or (st.info is None and not st.partial):
+        return False  # empty: nothing to discard
+    if st.info is None:
+        return True  # an interrupted write
+    return candidate is None or st.info.summary.sha256 == candidate.sha256
+
+
 def _dirty(slots: SlotsView, name: str) -> bool:
     st = slots.slots.get(name)
     return st is not None and (st.complete or st.partial)
@@ -186,7 +205,8 @@ def _reject(s: UpdateState, slots: SlotsView, reason: str) -> RecoveryAction:
                   transitions=s.transitions + 1)
     return RecoveryAction(
         state=new, save=True, reason=reason,
-        discard=cand if cand and cand != active and _dirty(slots, cand) else None,
+        discard=cand if cand and cand != active
+        and holds_abandoned_candidate(slots, cand, s.candidate) else None,
     )
 
 

@@ -9,7 +9,15 @@ import pytest
 
 from device_updater.recovery import recovery_action, run_recovery
 from device_updater.slot_values import ModelSummary
-from device_updater.state import Limits, Phase, RollBack, StateStore, UpdateState, transition
+from device_updater.state import (
+    Limits,
+    Phase,
+    Reject,
+    RollBack,
+    StateStore,
+    UpdateState,
+    transition,
+)
 from tests.device_updater.test_state import NOW, V1, V2, view, walk
 
 # --- recovery --------------------------------------------------------------------------------
@@ -138,3 +146,14 @@ def test_clean_stop_marker_decides_crash_or_clean_restart(tmp_path: Path) -> Non
     # no mark_stopped: the process "died"
     assert run_recovery(store, slots, NOW).state.phase is Phase.ROLLED_BACK
     assert slots.active_name() == "a" and slots.info("b") is None
+
+
+def test_reject_keeps_a_previous_version_the_candidate_never_overwrote() -> None:
+    # v2 was verified for slot b, which still holds v1 (its writer never started): the
+    # outcome's recovery must not empty b; a b holding v2 or a partial write of it is emptied.
+    v0 = replace(V1, version="0.9.0", sha256="0" * 64)
+    rejected = transition(walk(Phase.INSTALLING), Reject("refused", active="a"), NOW)
+    assert recovery_action(rejected, view("a", V1, v0), NOW).discard is None
+    assert recovery_action(rejected, view("a", V1, V2), NOW).discard == "b"
+    assert recovery_action(rejected, view("a", V1, None, partial=(False, True)),
+                           NOW).discard == "b"
