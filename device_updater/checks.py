@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from device_updater.errors import UpdateRefusedError
+from device_updater.errors import DeltaUnusableError, UpdateRefusedError
 from device_updater.facts import unmet_requirements
-from device_updater.install import DeltaUnusableError
 from device_updater.slots import ModelSummary, SlotInfo
 from device_updater.state import UpdateState
 from edgepkg.bundle import BundleInfo

@@ -135,15 +135,12 @@ def _request(
             method, url, data=body if payload is not None else None, headers=headers,
             timeout=timeout, stream=True, allow_redirects=False,
         )
-    except requests.Timeout as exc:
-        raise TransportError(f"{method} {url}: timed out") from exc
     except requests.RequestException as exc:
-        raise TransportError(
-            f"{method} {url}: cannot reach the server ({exc.__class__.__name__})") from exc
+        raise TransportError(f"{method} {url}: {describe_transport_error(exc)}") from exc
     data = _read_limited(resp, MAX_RESPONSE_BYTES)
     status = resp.status_code
     if status >= 500 or status == 429:
-        raise TransportError(f"{method} {url}: server error {status}")
+        raise TransportError(f"{method} {url}: server error (HTTP {status}{_reason(resp)})")
     if status >= 400:
         code, message = "", data[:200].decode("utf-8", "replace")
         try:
@@ -159,6 +156,35 @@ def _request(
         return json.loads(data)
     except ValueError as exc:
         raise BadResponseError(f"{method} {url}: answer is not JSON") from exc
+
+
+def describe_transport_error(exc: requests.RequestException) -> str:
+    """Why the server could not be reached, in words an operator can act on (the class name
+    alone, e.g. ``ConnectionError``, does not tell a refused port from a DNS or TLS failure)."""
+    # The order matters: ConnectTimeout is also a ConnectionError, SSLError too.
+    if isinstance(exc, requests.exceptions.SSLError):
+        what = "TLS handshake failed (certificate or protocol problem)"
+    elif isinstance(exc, requests.exceptions.ConnectTimeout):
+        what = "timed out connecting to the server"
+    elif isinstance(exc, requests.Timeout):
+        what = "timed out waiting for the server's answer"
+    elif isinstance(exc, requests.ConnectionError):
+        text = str(exc).lower()
+        if "refused" in text:
+            what = "connection refused (is the server running, is the URL's port right?)"
+        elif "name or service not known" in text or "resolve" in text or "nodename" in text:
+            what = "the server's host name does not resolve"
+        elif "unreachable" in text:
+            what = "network unreachable"
+        else:
+            what = "cannot reach the server (connection failed)"
+    else:
+        what = "cannot reach the server"
+    return f"{what} [{exc.__class__.__name__}]"
+
+
+def _reason(resp: requests.Response) -> str:
+    return f" {resp.reason}" if resp.reason else ""
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from device_updater.errors import Error
+from device_updater.errors import DeltaUnusableError as DeltaUnusableError  # re-exported
 from device_updater.slots import (
     ModelSummary,
     ReleaseEvidence,
@@ -24,11 +24,6 @@ from device_updater.slots import (
 from edgepkg.bundle import BundleInfo, BundleReader
 
 log = logging.getLogger("edge_updater")
-
-
-class DeltaUnusableError(Error):
-    """The delta cannot rebuild the candidate on this device (no running model, or the delta
-    is based on another version): install the full bundle instead."""
 
 
 def install_full(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: Path, *,

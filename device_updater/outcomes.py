@@ -15,10 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from device_updater.errors import SlotError, TransportError, UntrustedDeviceInputError
-from device_updater.install import DeltaUnusableError
+from device_updater.errors import (
+    DeltaUnusableError,
+    MetadataExpiredError,
+    SlotError,
+    TransportError,
+    TufVerificationError,
+    UntrustedDeviceInputError,
+)
 from device_updater.state import Event, FallBackToFull, Phase, Reject, Retry
-from device_updater.tuf_client import MetadataExpiredError, TufVerificationError
 from edgepkg.errors import (
     BundleError,
     DeltaError,

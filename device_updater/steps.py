@@ -30,6 +30,7 @@ from device_updater.http import DeviceAuth, DeviceClient
 from device_updater.install import install_delta, install_full
 from device_updater.keystore import Keystore, TrustAnchors
 from device_updater.layout import Layout, workdir
+from device_updater.recovery import holds_abandoned_candidate
 from device_updater.slots import BundleSealer, ModelSummary, SlotInfo, SlotStore, other_slot
 from device_updater.state import (
     Committed,
@@ -156,12 +157,18 @@ class UpdateSteps:
         """Side effects of an outcome reached by an event: discard the abandoned candidate
         (never the active slot) and report the outcome."""
         if new.phase in (Phase.REJECTED, Phase.ROLLED_BACK) and before.slot is not None:
-            slots = self.slots(model)
-            if before.slot != slots.active_name():
-                with contextlib.suppress(SlotError):
-                    slots.discard(before.slot)
+            self._discard_candidate(model, before)
         if new.phase in _OUTCOME_EVENTS:
             self._outcome_event(new, reason=new.reason, phase=before.phase.value)
+
+    def _discard_candidate(self, model: str, st: UpdateState) -> None:
+        """Empty the abandoned candidate's slot if it holds the candidate or an interrupted write
+        of it; a slot the candidate never started writing keeps the previous good version."""
+        slots = self.slots(model)
+        if (st.slot is not None and st.slot != slots.active_name()
+                and holds_abandoned_candidate(slots.view(), st.slot, st.candidate)):
+            with contextlib.suppress(SlotError):
+                slots.discard(st.slot)
 
     def _reject(self, model: str, st: UpdateState, reason: str) -> UpdateState:
         new = self._apply(model, st, Reject(reason, active=self.slots(model).active_name()))
@@ -177,9 +184,7 @@ class UpdateSteps:
         new = self._apply(model, st, RollBack(reason, active=active))
         if new.expected_active and new.expected_active != active:
             slots.switch_to(new.expected_active)
-        if st.slot is not None and st.slot != slots.active_name():
-            with contextlib.suppress(SlotError):
-                slots.discard(st.slot)
+        self._discard_candidate(model, st)
         self._export_active(model)
         self._outcome_event(new, reason=reason)
         log.warning("rolled back", extra={"model": model, "version": st.version,

@@ -30,7 +30,14 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from device_updater.errors import Error, TransportError, UntrustedDeviceInputError
+# The error classes live in device_updater.errors so that the pure failure table
+# (device_updater.outcomes) can name them without importing tuf and requests.
+from device_updater.errors import MetadataExpiredError as MetadataExpiredError
+from device_updater.errors import TargetNotFoundError as TargetNotFoundError
+from device_updater.errors import TrustAnchorMismatchError as TrustAnchorMismatchError
+from device_updater.errors import TufError as TufError
+from device_updater.errors import TufTransportError as TufTransportError
+from device_updater.errors import TufVerificationError as TufVerificationError
 from device_updater.http import DeviceAuth
 from edgepkg._atomic import atomic_write_bytes
 
@@ -38,30 +45,6 @@ log = logging.getLogger(__name__)
 
 BOOTSTRAP_ROOT_NAME = "trusted-root.json"
 MAX_ROOT_BYTES = 512 * 1024
-
-
-class TufError(Error):
-    """Base of the TUF client errors."""
-
-
-class TufTransportError(TufError, TransportError):
-    """Metadata or a target could not be downloaded (network, timeout, HTTP error): retry later."""
-
-
-class TufVerificationError(TufError, UntrustedDeviceInputError):
-    """Metadata or a target failed TUF verification (bad signature, rollback, wrong hash...)."""
-
-
-class MetadataExpiredError(TufVerificationError):
-    """Trusted metadata has expired: no new install until the repository re-signs it."""
-
-
-class TargetNotFoundError(TufVerificationError):
-    """The signed targets metadata does not list the requested target."""
-
-
-class TrustAnchorMismatchError(TufVerificationError):
-    """The root on disk is not the one whose SHA-256 is held in the device's token."""
 
 
 def _translate(exc: Exception, what: str) -> TufError:
