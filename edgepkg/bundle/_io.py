@@ -168,15 +168,19 @@ def _prepare(
     sha256: str,
     length: int,
     chunk_size: int,
+    compression: str = CHUNKED,
 ) -> tuple[Manifest, bytes, Signature, bytes, dict[str, bytes]]:
-    """Build and sign the manifest, make the data key and wrap it to every recipient."""
+    """Build and sign the manifest, make the data key and wrap it to every recipient.
+
+    (``compression`` other than the default only lets tests build bundles of earlier builds.)
+    """
     fields = dict(manifest_fields)
     fields.setdefault("created_at", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     manifest = Manifest(
         **fields,
         plaintext_sha256=sha256,
         plaintext_length=length,
-        compression=CHUNKED,
+        compression=compression,
         chunk_size=chunk_size,
         encryption=f"{HPKE_SUITE_NAME}+{AEAD_NAME}",
         recipients=tuple(sorted(by_id)),
