@@ -158,7 +158,7 @@ def write_bundle(
 
 
 _Job = tuple[int, bytes, "RecordSealer | None", bool]
-_DEPTH = 24  # chunks in flight (~24 MiB at the default chunk size): bounds memory at any size
+_DEPTH = 16  # chunks in flight in the pool and again in the writer queue: ~32 MiB at 1 MiB chunks
 
 
 def _prepare(
