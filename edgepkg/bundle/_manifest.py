@@ -115,7 +115,9 @@ class Manifest:
         need(isinstance(self.created_at, str), "created_at")
         need(isinstance(self.requirements, dict), "requirements")
         need(isinstance(self.details, dict), "details")
-        need(self.compression == "zstd", "compression")
+        # "zstd-chunked": independent per-chunk frames or raw chunks (what this build writes);
+        # "zstd": one stream cut into chunks (earlier builds; still read).
+        need(self.compression in ("zstd", "zstd-chunked"), "compression")
         need(_is_int(self.chunk_size) and 1024 <= self.chunk_size <= 16 << 20, "chunk_size")
         need(isinstance(self.encryption, str), "encryption")
         need(all(isinstance(r, str) and _HEX64_RE.match(r) for r in self.recipients), "recipients")
