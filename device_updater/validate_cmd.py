@@ -34,7 +34,8 @@ def register(sub: Any) -> None:
         "validate", help="judge a candidate model against the running one (release check)",
         description="Run the device's validation gate: exit 0 accept, 1 reject, 2 usage or "
                     "setup error. See docs/validation.md.")
-    v.add_argument("--candidate", required=True, metavar="MODEL_OR_BUNDLE")
+    v.add_argument("--candidate", required=True, metavar="MODEL_OR_BUNDLE",
+                   help="the new model: a model file or an edgepkg bundle")
     v.add_argument("--running", required=True, metavar="MODEL_OR_BUNDLE",
                    help="the model the device runs now ('none' for a first install)")
     v.add_argument("--holdout", required=True, metavar="DIR",
@@ -46,8 +47,10 @@ def register(sub: Any) -> None:
                    help="recipient private key (PEM or pkcs11: URI) to open bundles; repeat")
     v.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                    help="release public key a bundle's signature must verify against; repeat")
-    v.add_argument("--candidate-format", choices=_FORMATS, default="auto")
-    v.add_argument("--running-format", choices=_FORMATS, default="auto")
+    v.add_argument("--candidate-format", choices=_FORMATS, default="auto",
+                   help="the candidate's format (default: detected from the file)")
+    v.add_argument("--running-format", choices=_FORMATS, default="auto",
+                   help="the running model's format (default: detected from the file)")
     v.add_argument("--json", action="store_true", help="print the verdict as JSON")
     v.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="time limit per runner process (default 120)")
