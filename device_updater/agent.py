@@ -49,7 +49,7 @@ from device_updater.keystore import Keystore
 from device_updater.layout import Layout, remove_stale_workdirs
 from device_updater.outcomes import Action, classify
 from device_updater.recovery import run_recovery
-from device_updater.slots import SlotInfo, other_slot
+from device_updater.slots import SlotInfo, other_slot, remove_stale_exports
 from device_updater.state import (
     FallBackToFull,
     Phase,
@@ -121,6 +121,8 @@ class Agent(UpdateSteps):
     def recover(self) -> None:
         """Start-up recovery for every model (the state machine's rules), before anything else."""
         remove_stale_workdirs(self.config.runtime_dir)
+        # Plaintext exports of a killed run (validation) too, even if no validation runs now.
+        remove_stale_exports(self.config.runtime_dir)
         for model in self.layout.model_names():
             store = self.store(model)
             crashed = store.was_running()
