@@ -128,7 +128,11 @@ def _free_port() -> int:
 _PRELUDE = """\
 [ -f "$DOCS_STATE/env" ] && . "$DOCS_STATE/env"
 cd "$(cat "$DOCS_STATE/cwd")"
-trap 'export -p | grep -Ev "^declare -x (PWD|OLDPWD|SHLVL|_)=" > "$DOCS_STATE/env"; pwd > "$DOCS_STATE/cwd"' EXIT
+_docs_save() {
+  export -p | grep -Ev '^declare -x (PWD|OLDPWD|SHLVL|_)=' > "$DOCS_STATE/env"
+  pwd > "$DOCS_STATE/cwd"
+}
+trap _docs_save EXIT
 """
 
 
