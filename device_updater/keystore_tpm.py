@@ -37,11 +37,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
 from device_updater import _tpm
 from device_updater.config import Config
 from device_updater.errors import KeystoreError
@@ -51,25 +46,29 @@ from device_updater.keystore import (
     AnchorsTamperedError,
     TrustAnchors,
 )
+from edgepkg import crypto
+from edgepkg import keys as ekeys
 from edgepkg._atomic import atomic_write_bytes
-from edgepkg.crypto import public_key_id
+from edgepkg.crypto import EllipticCurvePublicKey, public_key_id
+from edgepkg.errors import Error as EdgepkgError
+from edgepkg.keys._software import raw_to_der_signature, uncompressed_point
 
 log = logging.getLogger(__name__)
 
 _DIGEST_SIZE = 32
 
 
-def _load_p256(pem: bytes) -> ec.EllipticCurvePublicKey:
-    pub = serialization.load_pem_public_key(pem)
-    if not isinstance(pub, ec.EllipticCurvePublicKey) or not isinstance(pub.curve, ec.SECP256R1):
-        raise KeystoreError("the TPM device key is not a P-256 key")
-    return pub
+def _load_p256(pem: bytes) -> EllipticCurvePublicKey:
+    try:
+        return crypto.as_p256_public_key(ekeys.load_public_key(pem), "TPM device key")
+    except EdgepkgError as exc:
+        raise KeystoreError(f"the TPM device key is not usable: {exc}") from exc
 
 
 class TpmRecipientKey:
     """The device key as an HPKE recipient: ECDH runs in the TPM (TPM2_ECDH_ZGen)."""
 
-    def __init__(self, tcti: str, handle: int, pub: ec.EllipticCurvePublicKey) -> None:
+    def __init__(self, tcti: str, handle: int, pub: EllipticCurvePublicKey) -> None:
         self._tcti = tcti
         self._handle = handle
         self._pub = pub
@@ -80,20 +79,19 @@ class TpmRecipientKey:
     def key_id(self) -> str:
         return self._id
 
-    def public_key(self) -> ec.EllipticCurvePublicKey:
+    def public_key(self) -> EllipticCurvePublicKey:
         return self._pub
 
-    def exchange(self, peer: ec.EllipticCurvePublicKey) -> bytes:
-        if not isinstance(peer, ec.EllipticCurvePublicKey) or not isinstance(
-                peer.curve, ec.SECP256R1):
-            raise KeystoreError("ECDH peer key must be a P-256 public key")
-        nums = peer.public_numbers()
+    def exchange(self, peer: EllipticCurvePublicKey) -> bytes:
+        try:
+            point = uncompressed_point(crypto.as_p256_public_key(peer, "ECDH peer key"))
+        except EdgepkgError as exc:
+            raise KeystoreError(str(exc)) from exc
         with _tpm.tpm_session(self._tcti, "ECDH with the device key") as ctx:
             key = _tpm.persistent(ctx, self._handle)
             if key is None:
                 raise KeystoreError(f"no device key at TPM handle 0x{self._handle:08x}")
-            shared = _tpm.ecdh_zgen(ctx, key, nums.x.to_bytes(32, "big"),
-                                    nums.y.to_bytes(32, "big"))
+            shared = _tpm.ecdh_zgen(ctx, key, point[1:33], point[33:])
         if len(shared) > 32:
             raise KeystoreError(f"the TPM returned a {len(shared)}-byte ECDH secret, expected 32")
         return shared.rjust(32, b"\0")  # the TPM may drop leading zero bytes of x
@@ -124,7 +122,7 @@ class TpmKeystore:
         self.key_handle = key_handle
         self.nv_index = nv_index
         self._owner_auth = owner_auth
-        self._pub: ec.EllipticCurvePublicKey | None = None
+        self._pub: EllipticCurvePublicKey | None = None
         self._recipient: TpmRecipientKey | None = None
 
     def _owner(self) -> bytes | None:
@@ -132,12 +130,12 @@ class TpmKeystore:
 
     # --- device key -----------------------------------------------------------------------
 
-    def _read_public(self) -> ec.EllipticCurvePublicKey | None:
+    def _read_public(self) -> EllipticCurvePublicKey | None:
         with _tpm.tpm_session(self.tcti, "reading the device key") as ctx:
             key = _tpm.persistent(ctx, self.key_handle)
             return None if key is None else _load_p256(_tpm.public_pem(ctx, key))
 
-    def ensure_device_key(self) -> ec.EllipticCurvePublicKey:
+    def ensure_device_key(self) -> EllipticCurvePublicKey:
         pub = self._read_public()
         if pub is None:
             with _tpm.tpm_session(self.tcti, "cannot create the device key in the TPM "
@@ -153,7 +151,7 @@ class TpmKeystore:
         self._pub = pub
         return pub
 
-    def device_public_key(self) -> ec.EllipticCurvePublicKey:
+    def device_public_key(self) -> EllipticCurvePublicKey:
         if self._pub is None:
             pub = self._read_public()
             if pub is None:
@@ -177,10 +175,13 @@ class TpmKeystore:
             if key is None:
                 raise KeystoreError(f"no device key at TPM handle 0x{self.key_handle:08x}")
             r, s = _tpm.sign_digest(ctx, key, digest)
-        der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+        if len(r) > 32 or len(s) > 32:
+            raise KeystoreError("the TPM returned an ECDSA signature too long for P-256")
+        # the TPM may drop leading zero bytes of r and s
+        der = raw_to_der_signature(r.rjust(32, b"\0") + s.rjust(32, b"\0"))
         try:  # a faulty TPM must not hand out a bad signature
-            pub.verify(der, data, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
+            crypto.verify_signature(pub, der, data)
+        except EdgepkgError:
             raise KeystoreError("the TPM produced a signature that does not verify") from None
         return der
 
