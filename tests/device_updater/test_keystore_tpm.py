@@ -54,8 +54,8 @@ def test_tpm_keystore_implements_the_keystore_interface(ks: TpmKeystore) -> None
 def test_device_key_is_made_in_the_tpm_and_cannot_be_exported(swtpm: Swtpm,
                                                               ks: TpmKeystore) -> None:
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CC, TPM2_SE, TPMA_OBJECT
-    from tpm2_pytss.types import TPM2B_DATA, TPMT_SYM_DEF, TPMT_SYM_DEF_OBJECT
     from tpm2_pytss.TSS2_Exception import TSS2_Exception
+    from tpm2_pytss.types import TPM2B_DATA, TPMT_SYM_DEF, TPMT_SYM_DEF_OBJECT
 
     with _tpm.tpm_session(swtpm.tcti, "test") as ctx:
         key = _tpm.persistent(ctx, ks.key_handle)
@@ -256,6 +256,6 @@ def test_config_selects_the_tpm_keystore(swtpm: Swtpm, tmp_path: Path) -> None:
     assert (ks.key_handle, ks.nv_index, ks.dir) == (0x81000E02, 0x01000E17,
                                                     tmp_path / "state" / "keystore")
     ks.ensure_device_key()
-    with pytest.raises(Exception, match="keystore.tcti"):
+    with pytest.raises(Exception, match=r"keystore\.tcti"):
         parse_config({"server": {"url": "http://x"}, "device": {"state_dir": "s"},
                       "keystore": {"type": "tpm"}}, tmp_path)
