@@ -259,3 +259,13 @@ def test_config_selects_the_tpm_keystore(swtpm: Swtpm, tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"keystore\.tcti"):
         parse_config({"server": {"url": "http://x"}, "device": {"state_dir": "s"},
                       "keystore": {"type": "tpm"}}, tmp_path)
+
+
+def test_example_config_selects_the_tpm_keystore_the_tests_run() -> None:
+    from device_updater.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "device_updater" / "data"
+                      / "example-config.toml")
+    assert (cfg.keystore_type, cfg.tcti) == ("tpm", "device:/dev/tpmrm0")
+    ks = TpmKeystore(cfg.tcti or "", cfg.keystore_dir or Path("/nonexistent"))
+    assert (ks.key_handle, ks.nv_index) == (_tpm.DEFAULT_KEY_HANDLE, _tpm.DEFAULT_NV_INDEX)
