@@ -151,6 +151,10 @@ def make_keystore(config: Config) -> Any:
     if config.keystore_type == "file":
         assert config.keystore_dir is not None
         return FileKeystore(config.keystore_dir)
+    if config.keystore_type == "tpm":
+        from device_updater.keystore_tpm import keystore_from_config
+
+        return keystore_from_config(config)
     assert config.token_uri is not None
     return Pkcs11Keystore(config.token_uri, key_label=config.key_label)
 

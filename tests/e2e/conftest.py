@@ -24,7 +24,7 @@ import requests
 from device_updater.agent import Agent
 from device_updater.config import Config
 from device_updater.enrollment import enroll_device
-from device_updater.keystore import Pkcs11Keystore, load_release_key_pem
+from device_updater.keystore import Keystore, Pkcs11Keystore, load_release_key_pem
 from device_updater.status import status
 from device_updater.trial import HealthReport, TrialPolicy
 from device_updater.validator import HoldoutValidator
@@ -54,7 +54,7 @@ class World:
     server_url: str
     app: Any
     operator: str
-    keystore: Pkcs11Keystore
+    keystore: Keystore
     config: Config
     holdout: Path
     models: dict[str, bytes]
@@ -114,9 +114,12 @@ class World:
         return list(body.get("events", body if isinstance(body, list) else []))
 
 
-def _build_world(tmp: Path, token: SoftHSMToken, stack: contextlib.ExitStack) -> World:
+def _build_world(tmp: Path, token: SoftHSMToken | None, stack: contextlib.ExitStack, *,
+                 keystore: Keystore | None = None,
+                 keystore_config: dict[str, Any] | None = None) -> World:
     """A fresh real world: update server (SQLite, in a thread), TUF repository, release keys,
-    real ONNX models and a holdout set, and one device enrolled with its key in ``token``."""
+    real ONNX models and a holdout set, and one device enrolled with its key in ``token`` (or
+    in ``keystore``, configured by ``keystore_config``: the TPM variant)."""
     from werkzeug.serving import make_server
 
     from update_server import schema
@@ -125,7 +128,10 @@ def _build_world(tmp: Path, token: SoftHSMToken, stack: contextlib.ExitStack) ->
     from update_server.config import load_config
     from update_server.db import get_db
 
-    keystore = Pkcs11Keystore(token.uri())
+    if keystore is None:
+        assert token is not None
+        keystore = Pkcs11Keystore(token.uri())
+        keystore_config = {"keystore_type": "pkcs11", "token_uri": token.uri()}
     device_pub = keystore.ensure_device_key()
     keys = role_keys(tmp / "keys")
     release = write_key(tmp / "keys" / "release.pem", "ed25519")
@@ -168,8 +174,8 @@ def _build_world(tmp: Path, token: SoftHSMToken, stack: contextlib.ExitStack) ->
 
     state = tmp / "device"
     config = Config(server_url=url, state_dir=state, runtime_dir=tmp / "run",
-                    holdout_dir=holdout, keystore_type="pkcs11",
-                    token_uri=token.uri(), poll_interval=60, tags=("cam",))
+                    holdout_dir=holdout, poll_interval=60, tags=("cam",),
+                    **(keystore_config or {}))
     w = World(tmp, repo, release, archive, device_pub, url, app, operator, keystore, config,
               holdout, models)
     enroll_device(config, keystore, enrollment_token=enroll_token,
