@@ -21,6 +21,8 @@ from update_server.dashboard import views as dashboard
 from update_server.db import Database, utcnow
 from update_server.devices import api as devices_api
 from update_server.errors import Error
+from update_server.grants import api as grants_api
+from update_server.grants import service as grants_service
 from update_server.operators import api as operator_api
 from update_server.operators import auth
 from update_server.rollouts import api as rollouts_api
@@ -117,8 +119,10 @@ def create_app(
         config=cfg,
         releases=ReleaseCache(cfg.repo_dir, release_reader),
         clock=clock or utcnow,
-        openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS},
+        openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS,
+                       **grants_api.OPENAPI_PATHS},
     ).install(app)
+    grants_service.init_app(app, cfg)
     metrics.init_app(app)
     rollouts_api.register_metrics(app)
     # Hooks run in this order: metrics (so refused requests are counted too), credentials
@@ -132,6 +136,7 @@ def create_app(
         operator_api.bp,
         rollouts_api.bp,
         alerts_api.bp,
+        grants_api.bp,
         dashboard.bp,
         tuf_files.bp,
         openapi.bp,
