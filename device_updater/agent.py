@@ -52,6 +52,7 @@ from device_updater.recovery import run_recovery
 from device_updater.slots import SlotInfo, other_slot, remove_stale_exports
 from device_updater.state import (
     FallBackToFull,
+    GrantsRenewed,
     Phase,
     RollBack,
     Start,
@@ -242,6 +243,10 @@ class Agent(UpdateSteps):
         store, slots = self.store(a.model), self.slots(a.model)
         st = store.load()
         if not st.phase.terminal:
+            if (a.key_grants and st.version == a.version and st.target == a.target
+                    and dict(a.key_grants) != st.key_grants):
+                # e.g. the grant expired before the install: this check-in brought a fresh one
+                self._apply(a.model, st, GrantsRenewed(a.key_grants))
             self._advance(a.model)  # finish what is in progress first
             return
         active = slots.active()
@@ -252,7 +257,8 @@ class Agent(UpdateSteps):
             return  # already refused this version; the reason was reported
         st = self._apply(a.model, st, Start(
             model=a.model, version=a.version, target=a.target, delta_target=a.delta_target,
-            rollout_id=a.rollout_id, allow_downgrade=a.allow_downgrade))
+            rollout_id=a.rollout_id, allow_downgrade=a.allow_downgrade,
+            key_grants=a.key_grants))
         try:
             check_version_str(a.version)
             if active is not None:

@@ -102,6 +102,9 @@ class UpdateState:
     delta_target: str | None = None  # TUF target name of the delta bundle, if one is used
     rollout_id: str | None = None
     allow_downgrade: bool = False
+    # Target name -> key grant JSON object, from the assignment: persisted with it so a restart
+    # mid-install still has the data key's way in when the device is not a direct recipient.
+    key_grants: dict[str, Any] = field(default_factory=dict)
     candidate: ModelSummary | None = None
     slot: str | None = None
     expected_active: str | None = None
@@ -167,6 +170,9 @@ def _check_types(s: UpdateState) -> None:
         raise ValueError("trial_started_at must be a number")
     if s.last_outcome is not None and not isinstance(s.last_outcome, dict):
         raise ValueError("last_outcome must be an object")
+    if not isinstance(s.key_grants, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in s.key_grants.items()):
+        raise ValueError("key_grants must be an object of target name -> grant object")
     if not s.phase.terminal and s.phase is not Phase.DOWNLOADING and s.model is None:
         raise ValueError(f"phase {s.phase} needs a model")
 
@@ -184,6 +190,15 @@ class Start:
     delta_target: str | None = None
     rollout_id: str | None = None
     allow_downgrade: bool = False
+    key_grants: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GrantsRenewed:
+    """The server sent fresh key grants for the update in progress (an earlier grant expired
+    before it was used): the same phase with the new grants; not counted as an attempt."""
+
+    key_grants: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -288,7 +303,7 @@ class Reset:
 
 Event = (
     Start | Downloaded | Verified | Installed | Validated | Switched | TrialProgress | Committed
-    | Retry | Reject | RollBack | FallBackToFull | Reset
+    | Retry | Reject | RollBack | FallBackToFull | Reset | GrantsRenewed
 )
 
 _FALLBACK_PHASES = frozenset({Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING})
@@ -332,7 +347,8 @@ def transition(state: UpdateState, event: Event, now: float,
                 phase=Phase.DOWNLOADING, model=event.model, version=event.version,
                 target=event.target, delta_target=event.delta_target,
                 rollout_id=event.rollout_id, allow_downgrade=event.allow_downgrade,
-                transitions=1, updated_at=now, last_outcome=_outcome(s),
+                key_grants=dict(event.key_grants), transitions=1, updated_at=now,
+                last_outcome=_outcome(s),
             )
             return new
         case Downloaded():
@@ -396,6 +412,10 @@ def transition(state: UpdateState, event: Event, now: float,
             return replace(s, phase=Phase.ROLLED_BACK, reason=event.reason,
                            expected_active=other_slot(event.active)
                            if event.active == s.slot else event.active, **bump)
+        case GrantsRenewed():
+            if s.phase.terminal:
+                raise _illegal(s, event)
+            return replace(s, key_grants=dict(event.key_grants), updated_at=now)
         case Reset():
             if not s.phase.terminal:
                 raise _illegal(s, event)

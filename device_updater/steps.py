@@ -26,6 +26,7 @@ from device_updater.config import Config
 from device_updater.enrollment import Enrollment
 from device_updater.errors import Error, ServerRefusedError, SlotError, UpdateRefusedError
 from device_updater.events import EventQueue, make_event
+from device_updater.grants import grant_source
 from device_updater.http import DeviceAuth, DeviceClient
 from device_updater.install import install_delta, install_full
 from device_updater.keystore import Keystore, TrustAnchors
@@ -254,7 +255,8 @@ class UpdateSteps:
         active = self.slots(model).active()
         summary = check_bundle(
             info, st, active, delta=st.delta_target is not None, facts=self.facts,
-            my_key_id=public_key_id(self.keystore.recipient_key().public_key()))
+            my_key_id=public_key_id(self.keystore.recipient_key().public_key()),
+            granted=name in st.key_grants)
         if active is not None:
             self.check_signed_downgrade(model, info.manifest.version, active)
         return path, summary
@@ -288,12 +290,19 @@ class UpdateSteps:
         keys = [self.keystore.recipient_key()]
         trusted = self.anchors().public_keys()
         path, _ = self._verified_bundle(model, st)
+        name = st.delta_target or st.target
+        assert name is not None
+        # Not a direct recipient: the key grant sent with the assignment opens the data key.
+        source = grant_source(st.key_grants, name, self._fetch_verified(name)[1], keys[0],
+                              self.clock())
         if st.delta_target is not None:
             with workdir(self.config.runtime_dir) as work:
                 install_delta(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted,
-                              workdir=work, runtime_dir=self.config.runtime_dir)
+                              workdir=work, runtime_dir=self.config.runtime_dir,
+                              data_key_source=source)
         else:
-            install_full(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted)
+            install_full(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted,
+                         data_key_source=source)
         new_state = self._apply(model, st, Installed())
         self._event("installed", new_state, slot=st.slot,
                     method="delta" if st.delta_target else "full")

@@ -22,6 +22,8 @@ from update_server.db import Database, utcnow
 from update_server.devices import api as devices_api
 from update_server.devices import fleet_versions
 from update_server.errors import Error
+from update_server.grants import api as grants_api
+from update_server.grants import service as grants_service
 from update_server.operators import api as operator_api
 from update_server.operators import auth
 from update_server.rollouts import api as rollouts_api
@@ -119,8 +121,9 @@ def create_app(
         releases=ReleaseCache(cfg.repo_dir, release_reader),
         clock=clock or utcnow,
         openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS,
-                       **fleet_versions.OPENAPI_PATHS},
+                       **fleet_versions.OPENAPI_PATHS, **grants_api.OPENAPI_PATHS},
     ).install(app)
+    grants_service.init_app(app, cfg)
     metrics.init_app(app)
     rollouts_api.register_metrics(app)
     # Hooks run in this order: metrics (so refused requests are counted too), credentials
@@ -134,6 +137,7 @@ def create_app(
         operator_api.bp,
         rollouts_api.bp,
         alerts_api.bp,
+        grants_api.bp,
         dashboard.bp,
         tuf_files.bp,
         openapi.bp,

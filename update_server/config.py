@@ -6,6 +6,8 @@ Precedence: defaults < TOML file < environment < explicit overrides. Example TOM
     repo_dir = "/srv/edgepkg/repo"
     poll_interval = 180
     secret_key = "..."            # or EDGEPKG_SERVER_SECRET_KEY
+    key_service_key = "pkcs11:token=keysvc;object=key-service;type=private?pin-source=env:PIN"
+    grant_lifetime_s = 604800     # key grants last 7 days (docs/operator.md, "Key service")
 
 Environment: ``EDGEPKG_SERVER_DATABASE_URL``, ``EDGEPKG_SERVER_REPO_DIR``,
 ``EDGEPKG_SERVER_POLL_INTERVAL`` ... (the field name upper-cased); ``EDGEPKG_SERVER_CONFIG`` names
@@ -44,6 +46,11 @@ class ServerConfig:
     db_pool_pre_ping: bool = False
     session_cookie_secure: bool = False
     metrics_public: bool = False
+    # Key service (update_server.grants): the P-256 key bundles are packaged for with
+    # ``edgepkg package --key-service``; a pkcs11: URI (production) or a PEM path (development
+    # only, warned at start-up). Empty: no grants, devices must be direct recipients.
+    key_service_key: str = ""
+    grant_lifetime_s: int = 7 * 86400
     testing: bool = False
 
     def __post_init__(self) -> None:
@@ -55,6 +62,8 @@ class ServerConfig:
             raise ConfigError("signature_window_s must be between 1 and 3600")
         if self.max_events_per_batch < 1:
             raise ConfigError("max_events_per_batch must be at least 1")
+        if not 300 <= self.grant_lifetime_s <= 366 * 86400:
+            raise ConfigError("grant_lifetime_s must be between 300 seconds and 366 days")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, cast
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -37,6 +37,7 @@ from update_server.errors import (
     ConflictError,
     NotFoundError,
 )
+from update_server.grants.service import with_grants
 from update_server.operators.auth import consume_enrollment_token, hash_token
 from update_server.operators.models import EnrollmentToken
 from update_server.rollouts import device_path as rollouts
@@ -158,6 +159,7 @@ def checkin(device_id: str) -> ResponseReturnValue:
     releases = services().current_releases()
     proposed = rollouts.assignments_for_device(db, device, releases, now)
     assignments = safe_assignments(proposed, releases, running)
+    assignments = with_grants(current_app, db, device, assignments, releases, now)
     db.commit()
     answer = CheckinResponse(poll_interval=cfg.poll_interval, assignments=assignments)
     return jsonify(answer.to_json())
