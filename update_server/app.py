@@ -13,14 +13,14 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from edgepkg.errors import ProtocolError
-from update_server import metrics, openapi
+from update_server import metrics, openapi, web_hygiene
 from update_server.access import require_credentials
 from update_server.alerts import api as alerts_api
 from update_server.config import ServerConfig, load_config
 from update_server.dashboard import views as dashboard
 from update_server.db import Database, utcnow
 from update_server.devices import api as devices_api
-from update_server.errors import Error
+from update_server.errors import Error, TooManyRequestsError
 from update_server.operators import api as operator_api
 from update_server.operators import auth
 from update_server.rollouts import api as rollouts_api
@@ -32,8 +32,10 @@ log = logging.getLogger("update_server")
 
 csrf = CSRFProtect()
 
-def _error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+def _error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    if field is None:
+        return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": message, "field": field}}
 
 
 def _wants_html() -> bool:
@@ -50,12 +52,16 @@ def _register_errors(app: Flask) -> None:
     def handle_error(exc: Error) -> ResponseReturnValue:
         if exc.status >= 500:
             log.error("server error: %s", exc.message)
-        return jsonify(_error_body(exc.code, exc.message)), exc.status
+        resp = jsonify(_error_body(exc.code, exc.message, exc.field))
+        resp.status_code = exc.status
+        if isinstance(exc, TooManyRequestsError):
+            resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp
 
     @app.errorhandler(ProtocolError)
     def handle_protocol(exc: ProtocolError) -> ResponseReturnValue:
         # A device message that breaks the contract: 400 with the contract's reason code.
-        return jsonify(_error_body(exc.code, str(exc))), 400
+        return jsonify(_error_body(exc.code, str(exc), getattr(exc, "field", None))), 400
 
     @app.errorhandler(CSRFError)
     def handle_csrf(exc: CSRFError) -> ResponseReturnValue:
@@ -78,12 +84,17 @@ def _register_errors(app: Flask) -> None:
 
 
 def _csrf_guard() -> None:
-    """CSRF-check cookie-authenticated state changes (HTML forms); the API takes no cookies."""
+    """CSRF-check every state change outside the API that a cookie could authenticate.
+
+    Skipped only where no cookie counts: the API (bearer only) and a request whose operator was
+    authenticated by a non-empty ``Authorization`` header (a browser never adds one cross-site).
+    The mere presence of the header is not enough: an empty one falls back to the session.
+    """
     if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
         return
     if request.path.startswith("/api/") or request.path.startswith("/tuf/"):
         return
-    if "Authorization" in request.headers:
+    if auth.authenticated_by_header():
         return
     csrf.protect()
 
@@ -121,8 +132,9 @@ def create_app(
     ).install(app)
     metrics.init_app(app)
     rollouts_api.register_metrics(app)
-    # Hooks run in this order: metrics (so refused requests are counted too), credentials
-    # (deny by default), then CSRF (for the state-changing forms of a signed-in operator).
+    # Hooks run in this order: metrics (so refused requests are counted too), hostile text,
+    # credentials (deny by default), then CSRF (for the state-changing forms of an operator).
+    web_hygiene.init_app(app)  # strict path/query/form text first, security headers on all
     app.before_request(require_credentials)
     csrf.init_app(app)
     app.before_request(_csrf_guard)
