@@ -53,8 +53,7 @@ def quota_for(cfg: ServerConfig, kind: str) -> Quota:
 def _refuse(what: str, window_end: dt.datetime, now: dt.datetime) -> None:
     retry = max(1, math.ceil((window_end - now).total_seconds()))
     raise TooManyRequestsError(
-        f"device quota exceeded: at most {what}; retry in {retry} s "
-        "(keep the data queued)",
+        f"device quota exceeded: at most {what}; retry in {retry} s (keep the data queued)",
         retry_after_s=retry,
         code="quota_exceeded",
     )
@@ -79,8 +78,15 @@ def charge(
     c = _usage.c
     conn.execute(
         insert(_usage)
-        .values(device_id=device_id, kind=kind, minute_start=minute, minute_count=0,
-                day_start=day, day_count=0, day_bytes=0)
+        .values(
+            device_id=device_id,
+            kind=kind,
+            minute_start=minute,
+            minute_count=0,
+            day_start=day,
+            day_count=0,
+            day_bytes=0,
+        )
         .on_conflict_do_nothing(index_elements=["device_id", "kind"])
     )
     row = conn.execute(
@@ -99,6 +105,11 @@ def charge(
     conn.execute(
         _usage.update()
         .where(c.device_id == device_id, c.kind == kind)
-        .values(minute_start=minute, minute_count=minute_count + count, day_start=day,
-                day_count=day_count + count, day_bytes=day_bytes + nbytes)
+        .values(
+            minute_start=minute,
+            minute_count=minute_count + count,
+            day_start=day,
+            day_count=day_count + count,
+            day_bytes=day_bytes + nbytes,
+        )
     )

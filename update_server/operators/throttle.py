@@ -67,7 +67,8 @@ def check(db: Session, keys: list[str], now: dt.datetime) -> None:
     if waits:
         retry = math.ceil(max(waits).total_seconds())
         raise TooManyRequestsError(
-            f"too many failed sign-ins: try again in {retry} s", retry_after_s=retry,
+            f"too many failed sign-ins: try again in {retry} s",
+            retry_after_s=retry,
             code="login_locked",
         )
 
