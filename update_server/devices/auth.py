@@ -168,9 +168,9 @@ def authenticate_device(
     # From here the request is genuinely the device's: its nonce must be burned even if the
     # request ends in a 4xx (the rollback of that request would un-burn it otherwise).
     g._edgepkg_device_nonce = (device_id, nonce, now, window_s)
+    _record_nonce(conn, device_id, nonce, now, window_s)  # a replay is refused as a replay
     if not device.enabled:
         raise ForbiddenError("this device is disabled by an operator", code="device_disabled")
-    _record_nonce(conn, device_id, nonce, now, window_s)
     return device
 
 
