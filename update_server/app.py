@@ -11,6 +11,7 @@ from flask import Flask, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from edgepkg.errors import ProtocolError
 from update_server import metrics, openapi, web_hygiene
@@ -31,6 +32,7 @@ from update_server.tuf.releases import Release, ReleaseCache
 log = logging.getLogger("update_server")
 
 csrf = CSRFProtect()
+
 
 def _error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
     if field is None:
@@ -122,6 +124,12 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if cfg.proxy_hops:
+        # Behind nginx: the client address (login throttling, logs) is the proxy's
+        # X-Forwarded-For entry, trusted for exactly that many hops and no more.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=cfg.proxy_hops, x_proto=cfg.proxy_hops
+        )
     db = Database(pool_size=cfg.db_pool_size, pool_pre_ping=cfg.db_pool_pre_ping)
     db.init_app(app)
     Services(

@@ -390,7 +390,9 @@ def login() -> Response | str | tuple[str, int]:
             if not _wants_html():
                 raise
             page = render_template("login.html", error=exc.message)
-            return Response(page, 429, {"Retry-After": str(exc.retry_after_s)})
+            return Response(
+                page, 429, {"Retry-After": str(exc.retry_after_s)}, mimetype="text/html"
+            )
         try:
             if token:
                 op = authenticate_bearer(db, "Bearer " + token, utcnow())
