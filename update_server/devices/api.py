@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -11,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
@@ -51,12 +52,18 @@ from update_server.rollouts import device_path as rollouts
 from update_server.services import services
 
 bp = Blueprint("devices_api", __name__, url_prefix="/api/v1")
+log = logging.getLogger(__name__)
 
 
 @bp.after_request
 def _burn_nonce_on_error(response: Response) -> Response:
     if response.status_code >= 400 and "_edgepkg_device_nonce" in g:
-        burn_nonce_after_error(get_session(), response.status_code)
+        try:
+            burn_nonce_after_error(get_session(), response.status_code)
+        except SQLAlchemyError:
+            # The database that failed the request may fail this too; the answer stands (the
+            # request's effects were rolled back) and the timestamp window still bounds replay.
+            log.warning("could not record the nonce of a refused device request", exc_info=True)
     return response
 
 
