@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from edgepkg._cli_support import CliParser, run_cli
 from update_server import schema
 from update_server.config import ENV_PREFIX, ServerConfig, load_config
 from update_server.db import Database, utcnow
-from update_server.errors import BadRequestError, ConfigError, Error
+from update_server.errors import BadRequestError, Error
 from update_server.operators.auth import create_enrollment_token, create_operator_token, create_user
 from update_server.operators.models import ROLES
 
@@ -183,11 +182,6 @@ def gunicorn_argv(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.worker_class == "gevent" and importlib.util.find_spec("gevent") is None:
-        raise ConfigError(
-            "--worker-class gevent needs the gevent package: pip install 'edgepkg[server]' "
-            "(or choose --worker-class gthread behind a buffering proxy such as nginx)"
-        )
     cfg = _config(args)
     if args.migrate:
         schema.upgrade(cfg.database_url)
