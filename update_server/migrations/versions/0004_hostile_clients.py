@@ -1,7 +1,7 @@
 """Hostile clients (issue 13): server-side operator sessions, login throttling, device quotas.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01
 """
 
