@@ -154,9 +154,9 @@ class BaselineStore:
         with file_lock(self.path.with_name(self.path.name + ".lock")):
             data = self._load()
             entry = data.get(version) if isinstance(data.get(version), dict) else None
-            last = float(entry.get("last", 0.0)) if entry else 0.0
+            last = entry.get("last") if entry else None
             rows = list(entry.get("rows", [])) if entry else []
-            new = [r for r in mine if r.time > last]
+            new = [r for r in mine if not isinstance(last, int | float) or r.time > last]
             if not new:
                 return
             rows += [r.to_dict() for r in new]
