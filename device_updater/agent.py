@@ -188,6 +188,7 @@ class Agent(UpdateSteps):
         self._paused.clear()
         self._tuf = None  # one Updater per cycle
         self._fetcher = None
+        self.shadowed_this_cycle.clear()
         try:
             with contextlib.suppress(TransportError):
                 self.flush_events()

@@ -99,6 +99,9 @@ class UpdateSteps:
         self._tuf: TufSession | None = None
         self._fetcher: DeviceFetcher | None = None
         self._verified: dict[str, tuple[TufSession, Path, tuple[int, int], BundleInfo]] = {}
+        # Models that ran a shadow batch this cycle: one batch per model and cycle (the rate
+        # bound), although a cycle may drive a model's update more than once.
+        self.shadowed_this_cycle: set[str] = set()
 
     # -- collaborators per model ---------------------------------------------------------------
     def slots(self, model: str) -> SlotStore:

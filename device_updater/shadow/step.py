@@ -51,7 +51,10 @@ def step_shadow(steps: UpdateSteps, model: str, st: UpdateState) -> bool:
         d = decide_shadow(rule, st.shadow_samples, st.shadow_agreed, math.inf)
         decision = ShadowDecision(d.action, d.reason + " (this device has no [shadow] "
                                   "spool_dir configured)", d.samples, d.agreed)
+    elif model in steps.shadowed_this_cycle:
+        return False  # at most one batch (max_samples_per_cycle) per cycle
     else:
+        steps.shadowed_this_cycle.add(model)
         batch = ShadowSpool(cfg.shadow_spool_dir, max_files=cfg.shadow_max_files).take(
             cfg.shadow_max_samples_per_cycle)
         if batch.inputs is not None:
