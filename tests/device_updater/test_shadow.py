@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from device_updater.errors import IllegalTransitionError
+from device_updater.recovery import recovery_action
 from device_updater.shadow.decision import agreeing, budget_breach, decide_shadow
 from device_updater.shadow.spool import ShadowSpool
 from device_updater.state import (
@@ -22,7 +23,6 @@ from device_updater.state import (
     Switched,
     UpdateState,
     Validated,
-    recovery_action,
     transition,
 )
 from device_updater.validation.metrics import ScoringError
