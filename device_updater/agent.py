@@ -49,6 +49,7 @@ from device_updater.keystore import Keystore
 from device_updater.layout import Layout, remove_stale_workdirs
 from device_updater.outcomes import Action, classify
 from device_updater.recovery import run_recovery
+from device_updater.shadow.step import step_shadow
 from device_updater.slots import SlotInfo, other_slot, remove_stale_exports
 from device_updater.state import (
     FallBackToFull,
@@ -188,12 +189,15 @@ class Agent(UpdateSteps):
         self._paused.clear()
         self._tuf = None  # one Updater per cycle
         self._fetcher = None
+        self.shadowed_this_cycle.clear()
         try:
             with contextlib.suppress(TransportError):
                 self.flush_events()
             for model in self.layout.model_names():
                 if self.stop.is_set():
                     return report
+                with contextlib.suppress(Error, OSError):  # a baseline never blocks an update
+                    self.record_baselines(model)
                 self._advance(model)
             try:
                 answer = self.client.checkin(self.checkin_report())
@@ -283,6 +287,7 @@ class Agent(UpdateSteps):
                 Phase.VERIFYING: self._step_verify,
                 Phase.INSTALLING: self._step_install,
                 Phase.VALIDATING: self._step_validate,
+                Phase.SHADOW: lambda m, s: step_shadow(self, m, s),
                 Phase.SWITCHING: self._step_switch,
                 Phase.TRIAL: self._step_trial,
             }[st.phase]

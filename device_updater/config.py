@@ -24,6 +24,7 @@ _SECTIONS: dict[str, set[str]] = {
     "facts": None,  # type: ignore[dict-item]  # free-form: device facts override discovery
     "validation": {"timeout_s", "external_command"},
     "trial": {"window_s", "min_inferences", "max_failures"},
+    "shadow": {"spool_dir", "max_samples_per_cycle", "max_files", "nice"},
     "log": {"level", "json"},
 }
 
@@ -57,6 +58,11 @@ class Config:
     trial_max_failures: int = 3
     log_level: str = "INFO"
     log_json: bool = True
+    # Shadow runs (docs/validation.md): where the app spools live samples, and the CPU share.
+    shadow_spool_dir: Path | None = None
+    shadow_max_samples_per_cycle: int = 64
+    shadow_max_files: int = 1000
+    shadow_nice: int = 10
 
     def __post_init__(self) -> None:
         if not self.server_url.startswith(("http://", "https://")):
@@ -79,6 +85,10 @@ class Config:
             object.__setattr__(self, "max_backoff", self.poll_interval)
         if self.validation_timeout_s <= 0 or self.trial_window_s < 0:
             raise ConfigError("validation.timeout_s must be > 0 and trial.window_s >= 0")
+        if not (1 <= self.shadow_max_samples_per_cycle <= 100_000 and self.shadow_max_files >= 1
+                and 0 <= self.shadow_nice <= 19):
+            raise ConfigError("shadow.max_samples_per_cycle must be 1-100000, shadow.max_files "
+                              ">= 1 and shadow.nice 0-19")
 
     @property
     def metadata_url(self) -> str:
@@ -127,6 +137,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
     val = doc.get("validation", {})
     trial = doc.get("trial", {})
     logc = doc.get("log", {})
+    shadow = doc.get("shadow", {})
     url = _get(server, "url", str, "server")
     if not url:
         raise ConfigError("server.url is required")
@@ -158,6 +169,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
         "tpm_nv_index": _get(ks, "nv_index", int, "keystore"),
         "facts": dict(doc.get("facts", {})),
         "external_command": tuple(ext) if ext else None,
+        "shadow_spool_dir": _path(base_dir, _get(shadow, "spool_dir", str, "shadow")),
     }
     optional: list[tuple[str, dict[str, Any], str, Any, Any]] = [
         ("connect_timeout", server, "connect_timeout", num, float),
@@ -171,6 +183,9 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
         ("trial_max_failures", trial, "max_failures", int, int),
         ("log_level", logc, "level", str, str),
         ("log_json", logc, "json", bool, bool),
+        ("shadow_max_samples_per_cycle", shadow, "max_samples_per_cycle", int, int),
+        ("shadow_max_files", shadow, "max_files", int, int),
+        ("shadow_nice", shadow, "nice", int, int),
     ]
     for attr, section, key, typ, conv in optional:
         value = _get(section, key, typ, "section")
