@@ -18,6 +18,7 @@ from enum import StrEnum
 from device_updater.errors import (
     DeltaUnusableError,
     MetadataExpiredError,
+    SealedToOtherStateError,
     SlotError,
     TransportError,
     TufVerificationError,
@@ -52,6 +53,11 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
+    # The slot key is sealed to TPM PCR values that no longer hold (another boot chain, or the
+    # disk moved): nothing is wrong with the update or the slots, so keep the state and wait for
+    # 'edge-updater reseal'; the check-in carries the reason (last_error).
+    Rule((SealedToOtherStateError,), Action.WAIT, Action.WAIT, Action.WAIT,
+         "models sealed to another device state", report=False),
     # Wrong device: the full bundle would not be for us either.
     Rule((NotARecipientError,), Action.REJECT, Action.REJECT, Action.RAISE,
          "bundle is not encrypted for this device"),
