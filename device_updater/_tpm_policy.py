@@ -12,7 +12,7 @@ The slot key (32 random bytes) is kept in two TPM *sealed data objects* (keyedha
 
 Their public/private blobs (the private part is encrypted by the storage key and only loads in
 the TPM that made it) live in the keystore directory. The storage key is a persistent primary
-(default ``0x81000E02``, made once with owner authorisation at provisioning) so that the daemon
+(default ``0x81000E11``, made once with owner authorisation at provisioning) so that the daemon
 can load the blobs without the owner authorisation, which must stay off the device.
 
 Like :mod:`device_updater._tpm`, a keystore adapter: it talks to the TPM through tpm2-pytss.
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from device_updater import _tpm
+from device_updater.errors import KeystoreError
 
 if _tpm.HAVE_TPM2_PYTSS:
     from tpm2_pytss import TSS2_Exception as TSS2_Exception  # re-exported for pcr_binding
@@ -39,7 +40,7 @@ if _tpm.HAVE_TPM2_PYTSS:
         TPMT_SYM_DEF,
     )
 
-DEFAULT_SRK_HANDLE = 0x81000E02
+DEFAULT_SRK_HANDLE = 0x81000E11
 DEFAULT_PCRS: tuple[int, ...] = (0, 2, 4, 7)
 PCR_BANK = "sha256"
 
@@ -67,7 +68,15 @@ def _flush(ctx: Any, handle: Any) -> None:
 
 def srk(ctx: Any, handle: int) -> Any | None:
     """The persistent storage key, or None when this TPM has none at ``handle``."""
-    return _tpm.persistent(ctx, handle)
+    obj = _tpm.persistent(ctx, handle)
+    if obj is not None:
+        attrs = _tpm.object_attributes(ctx, obj)
+        if not (attrs & TPMA_OBJECT.RESTRICTED and attrs & TPMA_OBJECT.DECRYPT):
+            raise KeystoreError(
+                f"TPM handle 0x{handle:08x} holds an object that is not a storage key; the "
+                "PCR-bound slot key needs it for its storage key (free it with "
+                f"'tpm2_evictcontrol -C o -c 0x{handle:08x}', or move the other object)")
+    return obj
 
 
 def ensure_srk(ctx: Any, handle: int, owner_auth: bytes | None) -> Any:

@@ -126,6 +126,9 @@ class TpmKeystore:
         if not 0x01000000 <= nv_index <= 0x013FFFFF:
             raise KeystoreError("keystore.nv_index must be an owner NV index "
                                 "(0x01000000-0x013FFFFF)")
+        if pcr_binding and key_handle == _tpm_policy.DEFAULT_SRK_HANDLE:
+            raise KeystoreError(f"keystore.key_handle 0x{key_handle:08x} is the handle of the "
+                                "storage key of the PCR-bound slot key: choose another one")
         self.tcti = tcti
         self.dir = Path(directory)
         self.key_handle = key_handle
