@@ -41,7 +41,13 @@ import requests
 from device_updater.checks import check_version_str, refuse_downgrade
 from device_updater.config import Config
 from device_updater.enrollment import read_enrollment
-from device_updater.errors import Error, SlotError, TransportError, UpdateRefusedError
+from device_updater.errors import (
+    Error,
+    SealedToOtherStateError,
+    SlotError,
+    TransportError,
+    UpdateRefusedError,
+)
 from device_updater.events import EventQueue
 from device_updater.facts import device_facts
 from device_updater.http import DeviceAuth, DeviceClient
@@ -128,7 +134,15 @@ class Agent(UpdateSteps):
         for model in self.layout.model_names():
             store = self.store(model)
             crashed = store.was_running()
-            action = run_recovery(store, self.slots(model), self.clock(), crashed=crashed)
+            try:
+                action = run_recovery(store, self.slots(model), self.clock(), crashed=crashed)
+            except SealedToOtherStateError as exc:
+                # The slots cannot be opened in this device state: recovering now would judge
+                # intact slots by a key the TPM withholds. Keep everything as it is (no switch)
+                # until 'edge-updater reseal'; the next start-up recovers.
+                self.last_error = str(exc)
+                log.error("recovery postponed", extra={"model": model, "error": str(exc)})
+                continue
             st = action.state
             outcome = st.phase in (Phase.COMMITTED, Phase.REJECTED, Phase.ROLLED_BACK)
             if action.save and outcome:

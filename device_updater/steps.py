@@ -32,6 +32,7 @@ from device_updater.install import install_delta, install_full
 from device_updater.keystore import Keystore, TrustAnchors
 from device_updater.layout import Layout, workdir
 from device_updater.recovery import holds_abandoned_candidate
+from device_updater.sealing import sealer_for
 from device_updater.slots import BundleSealer, ModelSummary, SlotInfo, SlotStore, other_slot
 from device_updater.state import (
     Committed,
@@ -107,7 +108,7 @@ class UpdateSteps:
     # -- collaborators per model ---------------------------------------------------------------
     def slots(self, model: str) -> SlotStore:
         if self._sealer is None:
-            self._sealer = BundleSealer(self.keystore.recipient_key())
+            self._sealer = sealer_for(self.keystore, self.keystore.recipient_key())
         return SlotStore(self.layout.model_dir(model) / "slots", sealer=self._sealer,
                          trusted_keys=lambda: self.anchors().public_keys())
 
