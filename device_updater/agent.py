@@ -41,7 +41,13 @@ import requests
 from device_updater.checks import check_version_str, refuse_downgrade
 from device_updater.config import Config
 from device_updater.enrollment import read_enrollment
-from device_updater.errors import Error, SlotError, TransportError, UpdateRefusedError
+from device_updater.errors import (
+    Error,
+    SealedToOtherStateError,
+    SlotError,
+    TransportError,
+    UpdateRefusedError,
+)
 from device_updater.events import EventQueue
 from device_updater.facts import device_facts
 from device_updater.http import DeviceAuth, DeviceClient
@@ -49,9 +55,11 @@ from device_updater.keystore import Keystore
 from device_updater.layout import Layout, remove_stale_workdirs
 from device_updater.outcomes import Action, classify
 from device_updater.recovery import run_recovery
+from device_updater.shadow.step import step_shadow
 from device_updater.slots import SlotInfo, other_slot, remove_stale_exports
 from device_updater.state import (
     FallBackToFull,
+    GrantsRenewed,
     Phase,
     RollBack,
     Start,
@@ -126,7 +134,15 @@ class Agent(UpdateSteps):
         for model in self.layout.model_names():
             store = self.store(model)
             crashed = store.was_running()
-            action = run_recovery(store, self.slots(model), self.clock(), crashed=crashed)
+            try:
+                action = run_recovery(store, self.slots(model), self.clock(), crashed=crashed)
+            except SealedToOtherStateError as exc:
+                # The slots cannot be opened in this device state: recovering now would judge
+                # intact slots by a key the TPM withholds. Keep everything as it is (no switch)
+                # until 'edge-updater reseal'; the next start-up recovers.
+                self.last_error = str(exc)
+                log.error("recovery postponed", extra={"model": model, "error": str(exc)})
+                continue
             st = action.state
             outcome = st.phase in (Phase.COMMITTED, Phase.REJECTED, Phase.ROLLED_BACK)
             if action.save and outcome:
@@ -187,12 +203,15 @@ class Agent(UpdateSteps):
         self._paused.clear()
         self._tuf = None  # one Updater per cycle
         self._fetcher = None
+        self.shadowed_this_cycle.clear()
         try:
             with contextlib.suppress(TransportError):
                 self.flush_events()
             for model in self.layout.model_names():
                 if self.stop.is_set():
                     return report
+                with contextlib.suppress(Error, OSError):  # a baseline never blocks an update
+                    self.record_baselines(model)
                 self._advance(model)
             try:
                 answer = self.client.checkin(self.checkin_report())
@@ -242,6 +261,10 @@ class Agent(UpdateSteps):
         store, slots = self.store(a.model), self.slots(a.model)
         st = store.load()
         if not st.phase.terminal:
+            if (a.key_grants and st.version == a.version and st.target == a.target
+                    and dict(a.key_grants) != st.key_grants):
+                # e.g. the grant expired before the install: this check-in brought a fresh one
+                self._apply(a.model, st, GrantsRenewed(a.key_grants))
             self._advance(a.model)  # finish what is in progress first
             return
         active = slots.active()
@@ -252,7 +275,8 @@ class Agent(UpdateSteps):
             return  # already refused this version; the reason was reported
         st = self._apply(a.model, st, Start(
             model=a.model, version=a.version, target=a.target, delta_target=a.delta_target,
-            rollout_id=a.rollout_id, allow_downgrade=a.allow_downgrade))
+            rollout_id=a.rollout_id, allow_downgrade=a.allow_downgrade,
+            key_grants=a.key_grants))
         try:
             check_version_str(a.version)
             if active is not None:
@@ -277,6 +301,7 @@ class Agent(UpdateSteps):
                 Phase.VERIFYING: self._step_verify,
                 Phase.INSTALLING: self._step_install,
                 Phase.VALIDATING: self._step_validate,
+                Phase.SHADOW: lambda m, s: step_shadow(self, m, s),
                 Phase.SWITCHING: self._step_switch,
                 Phase.TRIAL: self._step_trial,
             }[st.phase]

@@ -7,6 +7,7 @@
     edge-updater status [--json]
     edge-updater rollback [--model NAME]
     edge-updater current-model [--model NAME] [--stream]
+    edge-updater reseal [--pcrs 0,2,4,7] [--json]  # TPM owner auth: after an OS update
     edge-updater report-health --ok|--fail|--started [--latency-ms MS] [--inferences N]
     edge-updater validate --candidate M --running M --holdout DIR --policy P.toml  # no config
 
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from device_updater import validate_cmd
+from device_updater import reseal_cmd, validate_cmd
 from device_updater.config import Config, load_config
 from device_updater.errors import ConfigError, NoActiveSlotError, UntrustedDeviceInputError
 from edgepkg._cli_support import CliParser, run_cli
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--message", help="a short note (e.g. the error text) kept with the report")
     h.set_defaults(func=_cmd_report_health)
     validate_cmd.register(sub)  # exits 0 accept / 1 reject / 2 usage or setup
+    reseal_cmd.register(sub)
     return p
 
 
@@ -277,6 +279,9 @@ def _cmd_status(args: argparse.Namespace, config: Config) -> int:
         if m.get("reason"):
             print(f"  last reason: {m['reason']}")
     print(f"queued events: {doc['queued_events']}")
+    sealed = doc.get("sealed_state")
+    if sealed:
+        print(f"SEALED TO ANOTHER DEVICE STATE: {sealed.get('reason')}")
     return 0
 
 
@@ -289,12 +294,15 @@ def _cmd_rollback(args: argparse.Namespace, config: Config) -> int:
 
 def _cmd_current_model(args: argparse.Namespace, config: Config) -> int:
     from device_updater.layout import Layout
-    from device_updater.slots import BundleSealer, SlotStore
+    from device_updater.sealing import sealer_for
+    from device_updater.slots import SlotStore
 
     agent_keystore = make_keystore(config)
     model = _model(config, args.model)
+    # With PCR binding, a changed device state makes this exit 1 with the reason
+    # (SealedToOtherStateError) before any plaintext is written.
     slots = SlotStore(Layout(config.state_dir).model_dir(model) / "slots",
-                      sealer=BundleSealer(agent_keystore.recipient_key()),
+                      sealer=sealer_for(agent_keystore, agent_keystore.recipient_key()),
                       trusted_keys=lambda: agent_keystore.trust_anchors().public_keys())
     if args.stream:
         out = sys.stdout.buffer

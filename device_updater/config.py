@@ -19,11 +19,13 @@ MAX_CONFIG_BYTES = 256 * 1024
 _SECTIONS: dict[str, set[str]] = {
     "server": {"url", "tuf_metadata_url", "tuf_targets_url", "connect_timeout", "read_timeout"},
     "device": {"state_dir", "runtime_dir", "holdout_dir", "tags"},
-    "keystore": {"type", "token_uri", "key_label", "dir", "tcti", "key_handle", "nv_index"},
+    "keystore": {"type", "token_uri", "key_label", "dir", "tcti", "key_handle", "nv_index",
+                 "pcr_binding", "pcrs"},
     "poll": {"interval", "jitter", "max_backoff"},
     "facts": None,  # type: ignore[dict-item]  # free-form: device facts override discovery
     "validation": {"timeout_s", "external_command"},
     "trial": {"window_s", "min_inferences", "max_failures"},
+    "shadow": {"spool_dir", "max_samples_per_cycle", "max_files", "nice"},
     "log": {"level", "json"},
 }
 
@@ -46,6 +48,9 @@ class Config:
     tcti: str | None = None
     tpm_key_handle: int | None = None
     tpm_nv_index: int | None = None
+    # Slots bound to the TPM's measured state (sha256 bank); None: on for a tpm keystore.
+    pcr_binding: bool | None = None
+    pcrs: tuple[int, ...] = (0, 2, 4, 7)
     poll_interval: int = 300
     poll_jitter: float = 0.2
     max_backoff: int = 3600
@@ -57,6 +62,11 @@ class Config:
     trial_max_failures: int = 3
     log_level: str = "INFO"
     log_json: bool = True
+    # Shadow runs (docs/validation.md): where the app spools live samples, and the CPU share.
+    shadow_spool_dir: Path | None = None
+    shadow_max_samples_per_cycle: int = 64
+    shadow_max_files: int = 1000
+    shadow_nice: int = 10
 
     def __post_init__(self) -> None:
         if not self.server_url.startswith(("http://", "https://")):
@@ -71,6 +81,14 @@ class Config:
         if self.keystore_type == "tpm" and not self.tcti:
             raise ConfigError("keystore.tcti (e.g. 'device:/dev/tpmrm0' or "
                               "'swtpm:host=127.0.0.1,port=2321') is required for a tpm keystore")
+        if self.pcr_binding and self.keystore_type != "tpm":
+            raise ConfigError("keystore.pcr_binding needs a TPM: set keystore.type = \"tpm\" "
+                              "or pcr_binding = false")
+        if (not self.pcrs or len(set(self.pcrs)) != len(self.pcrs)
+                or any(isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 23
+                       for p in self.pcrs)):
+            raise ConfigError("keystore.pcrs must list distinct PCR indices between 0 and 23, "
+                              "e.g. [0, 2, 4, 7]")
         if not 1 <= self.poll_interval <= 7 * 86400:
             raise ConfigError("poll.interval must be between 1 and 604800 seconds")
         if not 0 <= self.poll_jitter <= 1:
@@ -79,6 +97,10 @@ class Config:
             object.__setattr__(self, "max_backoff", self.poll_interval)
         if self.validation_timeout_s <= 0 or self.trial_window_s < 0:
             raise ConfigError("validation.timeout_s must be > 0 and trial.window_s >= 0")
+        if not (1 <= self.shadow_max_samples_per_cycle <= 100_000 and self.shadow_max_files >= 1
+                and 0 <= self.shadow_nice <= 19):
+            raise ConfigError("shadow.max_samples_per_cycle must be 1-100000, shadow.max_files "
+                              ">= 1 and shadow.nice 0-19")
 
     @property
     def metadata_url(self) -> str:
@@ -127,6 +149,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
     val = doc.get("validation", {})
     trial = doc.get("trial", {})
     logc = doc.get("log", {})
+    shadow = doc.get("shadow", {})
     url = _get(server, "url", str, "server")
     if not url:
         raise ConfigError("server.url is required")
@@ -156,8 +179,10 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
         "tcti": _get(ks, "tcti", str, "keystore"),
         "tpm_key_handle": _get(ks, "key_handle", int, "keystore"),
         "tpm_nv_index": _get(ks, "nv_index", int, "keystore"),
+        "pcr_binding": _get(ks, "pcr_binding", bool, "keystore"),
         "facts": dict(doc.get("facts", {})),
         "external_command": tuple(ext) if ext else None,
+        "shadow_spool_dir": _path(base_dir, _get(shadow, "spool_dir", str, "shadow")),
     }
     optional: list[tuple[str, dict[str, Any], str, Any, Any]] = [
         ("connect_timeout", server, "connect_timeout", num, float),
@@ -171,7 +196,13 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
         ("trial_max_failures", trial, "max_failures", int, int),
         ("log_level", logc, "level", str, str),
         ("log_json", logc, "json", bool, bool),
+        ("shadow_max_samples_per_cycle", shadow, "max_samples_per_cycle", int, int),
+        ("shadow_max_files", shadow, "max_files", int, int),
+        ("shadow_nice", shadow, "nice", int, int),
     ]
+    pcrs = _get(ks, "pcrs", list, "keystore")
+    if pcrs is not None:
+        kw["pcrs"] = tuple(pcrs)
     for attr, section, key, typ, conv in optional:
         value = _get(section, key, typ, "section")
         if value is not None:

@@ -162,3 +162,17 @@ class TrustAnchorMismatchError(TufVerificationError):
 class DeltaUnusableError(Error):
     """The delta cannot rebuild the candidate on this device (no running model, or the delta
     is based on another version): install the full bundle instead."""
+
+
+# --- slots bound to the TPM's measured state (issue 16 item 3) --------------------------------
+
+
+class SealedToOtherStateError(KeystoreError):
+    """The slot key is sealed to TPM PCR values that no longer hold (another boot chain), or to
+    another TPM (the disk was moved): sealed slots cannot be opened or written here.
+
+    Deliberately *not* a :class:`SealError`: that one means "this slot's content is damaged",
+    and recovery would then give intact slots up. Nothing is wrong with the slots; the device
+    state changed. The daemon pauses updates and reports it until ``edge-updater reseal``
+    (owner authorisation) binds the slot key to the current PCR values.
+    """

@@ -49,8 +49,8 @@ DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds
 
 
 __all__ = [
-    "BadResponseError", "DeviceAuth", "DeviceClient", "ServerRefusedError", "TransportError",
-    "enroll",
+    "BadResponseError", "DeviceAuth", "DeviceClient", "RateLimitedError", "ServerRefusedError",
+    "TransportError", "enroll", "retry_after_seconds",
 ]
 
 
@@ -61,6 +61,27 @@ class ServerRefusedError(errors.ServerRefusedError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class RateLimitedError(TransportError):
+    """The server said 429 (a quota or throttle): keep the data queued and retry after
+    ``retry_after_s`` seconds (from ``Retry-After``, clamped to 1 s .. 1 h)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+MAX_RETRY_AFTER_S = 3600.0  # a hostile server must not silence the device for longer
+DEFAULT_RETRY_AFTER_S = 60.0
+
+
+def retry_after_seconds(value: str | None) -> float:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds; anything else: 60 s)."""
+    text = (value or "").strip()
+    if not text.isdigit() or len(text) > 9:
+        return DEFAULT_RETRY_AFTER_S
+    return min(MAX_RETRY_AFTER_S, max(1.0, float(text)))
 
 
 class BadResponseError(UntrustedDeviceInputError):
@@ -139,7 +160,11 @@ def _request(
         raise TransportError(f"{method} {url}: {describe_transport_error(exc)}") from exc
     data = _read_limited(resp, MAX_RESPONSE_BYTES)
     status = resp.status_code
-    if status >= 500 or status == 429:
+    if status == 429:
+        wait = retry_after_seconds(resp.headers.get("Retry-After"))
+        raise RateLimitedError(f"{method} {url}: server asks to slow down; retry in {wait:.0f} s",
+                               retry_after_s=wait)
+    if status >= 500:
         raise TransportError(f"{method} {url}: server error (HTTP {status}{_reason(resp)})")
     if status >= 400:
         code, message = "", data[:200].decode("utf-8", "replace")
@@ -228,17 +253,32 @@ class DeviceClient:
         *,
         session: requests.Session | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.auth = auth
         self.session = session or requests.Session()
         self.timeout = timeout
         self.requests_made = 0
+        self._clock = clock
+        # Per endpoint: after a 429 the endpoint stays quiet until then (the callers keep their
+        # queue: a RateLimitedError is a TransportError), so a quota on events does not stop
+        # check-ins and the device does not hammer a server that asked it to wait.
+        self._quiet_until: dict[str, float] = {}
 
     def _call(self, method: str, path: str, payload: Mapping[str, Any] | None = None) -> Any:
+        now = self._clock()
+        until = self._quiet_until.get(path, 0.0)
+        if now < until:
+            raise RateLimitedError(f"{method} {path}: waiting {until - now:.0f} s more, as the "
+                                   "server asked (Retry-After)", retry_after_s=until - now)
         self.requests_made += 1
-        return _request(self.session, method, _join(self.server_url, path), payload=payload,
-                        auth=self.auth, timeout=self.timeout)
+        try:
+            return _request(self.session, method, _join(self.server_url, path), payload=payload,
+                            auth=self.auth, timeout=self.timeout)
+        except RateLimitedError as exc:
+            self._quiet_until[path] = now + exc.retry_after_s
+            raise
 
     @property
     def _base(self) -> str:

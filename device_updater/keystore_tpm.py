@@ -24,8 +24,13 @@ selected by ``[keystore] type = "tpm"`` with a TCTI string (``device:/dev/tpmrm0
   with the same anchors. Unlike a PKCS#11 data object, there is no second object to add: the
   anchors are at one NV index, which only the owner can undefine and redefine.
 
-Owner authorisation (needed to create the key and the NV index, never afterwards) comes from
-``$EDGE_UPDATER_TPM_OWNER_AUTH`` or the constructor; keep it off the device after provisioning.
+* **slots bound to the measured state** (``pcr_binding``, on by default): slots also need a
+  slot key sealed to PCR values (:mod:`device_updater.pcr_binding`), made at provisioning with
+  the device key; ``edge-updater reseal`` binds it to new values after an OS update.
+
+Owner authorisation (needed to create the key, the NV index and the sealed slot key, and to
+re-seal; never by the daemon) comes from ``$EDGE_UPDATER_TPM_OWNER_AUTH`` or the constructor;
+keep it off the device after provisioning.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from device_updater import _tpm
+from device_updater import _tpm, _tpm_policy
 from device_updater.config import Config
 from device_updater.errors import KeystoreError
 from device_updater.keystore import (
@@ -46,6 +52,7 @@ from device_updater.keystore import (
     AnchorsTamperedError,
     TrustAnchors,
 )
+from device_updater.pcr_binding import PcrSlotKey
 from edgepkg import crypto
 from edgepkg import keys as ekeys
 from edgepkg._atomic import atomic_write_bytes
@@ -109,7 +116,9 @@ class TpmKeystore:
     def __init__(self, tcti: str, directory: str | os.PathLike[str], *,
                  key_handle: int = _tpm.DEFAULT_KEY_HANDLE,
                  nv_index: int = _tpm.DEFAULT_NV_INDEX,
-                 owner_auth: bytes | None = None) -> None:
+                 owner_auth: bytes | None = None,
+                 pcr_binding: bool = True,
+                 pcrs: Sequence[int] = _tpm_policy.DEFAULT_PCRS) -> None:
         _tpm.parse_tcti(tcti)  # a malformed TCTI fails at construction, like a bad token URI
         if not 0x81000000 <= key_handle <= 0x817FFFFF:
             raise KeystoreError("keystore.key_handle must be an owner persistent handle "
@@ -117,6 +126,9 @@ class TpmKeystore:
         if not 0x01000000 <= nv_index <= 0x013FFFFF:
             raise KeystoreError("keystore.nv_index must be an owner NV index "
                                 "(0x01000000-0x013FFFFF)")
+        if pcr_binding and key_handle == _tpm_policy.DEFAULT_SRK_HANDLE:
+            raise KeystoreError(f"keystore.key_handle 0x{key_handle:08x} is the handle of the "
+                                "storage key of the PCR-bound slot key: choose another one")
         self.tcti = tcti
         self.dir = Path(directory)
         self.key_handle = key_handle
@@ -124,6 +136,8 @@ class TpmKeystore:
         self._owner_auth = owner_auth
         self._pub: EllipticCurvePublicKey | None = None
         self._recipient: TpmRecipientKey | None = None
+        self._slot_key = (PcrSlotKey(tcti, self.dir, pcrs=pcrs, owner_auth=self._owner)
+                          if pcr_binding else None)
 
     def _owner(self) -> bytes | None:
         return self._owner_auth if self._owner_auth is not None else _tpm.owner_auth_from_env()
@@ -148,8 +162,15 @@ class TpmKeystore:
             pub = self._read_public()
             if pub is None:
                 raise KeystoreError("the TPM did not keep the device key it just created")
+        if self._slot_key is not None:
+            # Provisioning is when the owner authorisation is at hand (the daemon never has it).
+            self._slot_key.provision()
         self._pub = pub
         return pub
+
+    def slot_key_guard(self) -> PcrSlotKey | None:
+        """The PCR-bound slot key slots are sealed with, or None without ``pcr_binding``."""
+        return self._slot_key
 
     def device_public_key(self) -> EllipticCurvePublicKey:
         if self._pub is None:
@@ -266,7 +287,8 @@ class TpmKeystore:
 
     def describe(self) -> dict[str, Any]:
         return {"type": "tpm", "tcti": self.tcti, "key_handle": f"0x{self.key_handle:08x}",
-                "nv_index": f"0x{self.nv_index:08x}"}
+                "nv_index": f"0x{self.nv_index:08x}",
+                "pcr_binding": None if self._slot_key is None else self._slot_key.describe()}
 
 
 def keystore_from_config(config: Config) -> TpmKeystore:
@@ -276,4 +298,5 @@ def keystore_from_config(config: Config) -> TpmKeystore:
     return TpmKeystore(
         config.tcti, config.keystore_dir or config.state_dir / "keystore",
         key_handle=config.tpm_key_handle or _tpm.DEFAULT_KEY_HANDLE,
-        nv_index=config.tpm_nv_index or _tpm.DEFAULT_NV_INDEX)
+        nv_index=config.tpm_nv_index or _tpm.DEFAULT_NV_INDEX,
+        pcr_binding=config.pcr_binding is not False, pcrs=config.pcrs)

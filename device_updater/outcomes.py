@@ -18,6 +18,7 @@ from enum import StrEnum
 from device_updater.errors import (
     DeltaUnusableError,
     MetadataExpiredError,
+    SealedToOtherStateError,
     SlotError,
     TransportError,
     TufVerificationError,
@@ -31,6 +32,7 @@ from edgepkg.errors import (
     TooLargeError,
     UntrustedInputError,
 )
+from edgepkg.grants import GrantExpiredError
 
 
 class Action(StrEnum):
@@ -52,6 +54,17 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
+    # The key grant expired before the install used it: keep the state; the next check-in
+    # brings a fresh grant (GrantsRenewed), and the install resumes where it stopped.
+    Rule((GrantExpiredError,), Action.WAIT, Action.WAIT, Action.RAISE,
+         "key grant expired", report=False),
+
+
+    # The slot key is sealed to TPM PCR values that no longer hold (another boot chain, or the
+    # disk moved): nothing is wrong with the update or the slots, so keep the state and wait for
+    # 'edge-updater reseal'; the check-in carries the reason (last_error).
+    Rule((SealedToOtherStateError,), Action.WAIT, Action.WAIT, Action.WAIT,
+         "models sealed to another device state", report=False),
     # Wrong device: the full bundle would not be for us either.
     Rule((NotARecipientError,), Action.REJECT, Action.REJECT, Action.RAISE,
          "bundle is not encrypted for this device"),

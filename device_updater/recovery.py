@@ -13,6 +13,8 @@ DOWNLOADING   resume (partial downloads are the fetcher's; a stray partial slot 
 VERIFYING     resume (re-verify the downloaded bundle)
 INSTALLING    discard the inactive slot's partial work, resume installing
 VALIDATING    slot complete: resume validating; otherwise discard it and go back to INSTALLING
+SHADOW        as VALIDATING: slot complete: resume shadowing (tallies so far kept, the wait
+              clock keeps running from ``shadow_started_at``); otherwise install again
 SWITCHING     pointer already on the new slot: enter TRIAL; new slot intact: resume the switch;
               otherwise REJECTED (old slot stays active)
 TRIAL         after a crash (no clean stop recorded): roll back (point at the previous slot,
@@ -128,13 +130,15 @@ def recovery_action(state: UpdateState, slots: SlotsView, now: float,
                               discard=cand if _dirty(slots, cand) else None,
                               activate=fix_active(active, cand), resume=True,
                               reason="interrupted install: discard partial slot, install again")
-    if s.phase is Phase.VALIDATING:
+    if s.phase in (Phase.VALIDATING, Phase.SHADOW):
         if cand is None or cand == active:
             return _reject(restarted, slots, "validation slot is unknown or active")
         if _holds_candidate(slots, cand, s):
             return RecoveryAction(state=restarted, save=True, resume=True,
                                   activate=fix_active(active, cand),
-                                  reason="interrupted validation: validate again")
+                                  reason="interrupted validation: validate again"
+                                  if s.phase is Phase.VALIDATING else
+                                  "interrupted shadow run: keep shadowing")
         back = replace(restarted, phase=Phase.INSTALLING)
         return RecoveryAction(state=back, save=True, discard=cand if _dirty(slots, cand) else None,
                               activate=fix_active(active, cand), resume=True,

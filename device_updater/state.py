@@ -1,6 +1,7 @@
 """The persisted update state machine (DESIGN §4).
 
     IDLE -> DOWNLOADING -> VERIFYING -> INSTALLING -> VALIDATING -> SWITCHING -> TRIAL -> COMMITTED
+    with a [shadow] policy: VALIDATING -> SHADOW (live inputs) -> SWITCHING
     exits: REJECTED (before the switch), ROLLED_BACK (after it, or by the operator)
 
 *Persist before acting*: the daemon saves the state that names an action (``StateStore.save``:
@@ -17,7 +18,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Phase(StrEnum):
     VERIFYING = "verifying"
     INSTALLING = "installing"
     VALIDATING = "validating"
+    SHADOW = "shadow"
     SWITCHING = "switching"
     TRIAL = "trial"
     COMMITTED = "committed"
@@ -65,13 +67,14 @@ class Phase(StrEnum):
 
 _TERMINAL = frozenset({Phase.IDLE, Phase.COMMITTED, Phase.REJECTED, Phase.ROLLED_BACK})
 _PRE_SWITCH = frozenset(
-    {Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING, Phase.VALIDATING}
+    {Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING, Phase.VALIDATING, Phase.SHADOW}
 )
 _NEXT = {
     Phase.DOWNLOADING: Phase.VERIFYING,
     Phase.VERIFYING: Phase.INSTALLING,
     Phase.INSTALLING: Phase.VALIDATING,
     Phase.VALIDATING: Phase.SWITCHING,
+    Phase.SHADOW: Phase.SWITCHING,
     Phase.SWITCHING: Phase.TRIAL,
     Phase.TRIAL: Phase.COMMITTED,
 }
@@ -102,6 +105,9 @@ class UpdateState:
     delta_target: str | None = None  # TUF target name of the delta bundle, if one is used
     rollout_id: str | None = None
     allow_downgrade: bool = False
+    # Target name -> key grant JSON object, from the assignment: persisted with it so a restart
+    # mid-install still has the data key's way in when the device is not a direct recipient.
+    key_grants: dict[str, Any] = field(default_factory=dict)
     candidate: ModelSummary | None = None
     slot: str | None = None
     expected_active: str | None = None
@@ -110,6 +116,9 @@ class UpdateState:
     transitions: int = 0
     trial_started_at: float | None = None
     trial_inferences: int = 0
+    shadow_started_at: float | None = None
+    shadow_samples: int = 0
+    shadow_agreed: int = 0
     reason: str | None = None
     updated_at: float = 0.0
     last_outcome: dict[str, Any] | None = None
@@ -155,7 +164,8 @@ def _check_types(s: UpdateState) -> None:
         v = getattr(s, name)
         if v is not None and v not in ("a", "b"):
             raise ValueError(f"{name} must be 'a' or 'b'")
-    for name in ("attempts", "restarts", "transitions", "trial_inferences"):
+    for name in ("attempts", "restarts", "transitions", "trial_inferences", "shadow_samples",
+                 "shadow_agreed"):
         v = getattr(s, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer")
@@ -163,10 +173,17 @@ def _check_types(s: UpdateState) -> None:
         raise TypeError("allow_downgrade must be a boolean")
     if not isinstance(s.updated_at, int | float):
         raise TypeError("updated_at must be a number")
-    if s.trial_started_at is not None and not isinstance(s.trial_started_at, int | float):
-        raise ValueError("trial_started_at must be a number")
+    for name in ("trial_started_at", "shadow_started_at"):
+        v = getattr(s, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise ValueError(f"{name} must be a number")
+    if s.shadow_agreed > s.shadow_samples:
+        raise ValueError("shadow_agreed cannot exceed shadow_samples")
     if s.last_outcome is not None and not isinstance(s.last_outcome, dict):
         raise ValueError("last_outcome must be an object")
+    if not isinstance(s.key_grants, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in s.key_grants.items()):
+        raise ValueError("key_grants must be an object of target name -> grant object")
     if not s.phase.terminal and s.phase is not Phase.DOWNLOADING and s.model is None:
         raise ValueError(f"phase {s.phase} needs a model")
 
@@ -184,6 +201,15 @@ class Start:
     delta_target: str | None = None
     rollout_id: str | None = None
     allow_downgrade: bool = False
+    key_grants: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GrantsRenewed:
+    """The server sent fresh key grants for the update in progress (an earlier grant expired
+    before it was used): the same phase with the new grants; not counted as an attempt."""
+
+    key_grants: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -209,7 +235,25 @@ class Installed:
 
 @dataclass(frozen=True)
 class Validated:
-    """VALIDATING -> SWITCHING (the holdout policy accepted the candidate)."""
+    """VALIDATING -> SWITCHING (the holdout policy accepted the candidate); -> SHADOW instead
+    when ``shadow`` (the signed policy asks for a shadow run on live inputs first)."""
+
+    details: str | None = None
+    shadow: bool = False
+
+
+@dataclass(frozen=True)
+class ShadowProgress:
+    """SHADOW -> SHADOW: add one batch's live samples and how many of them the models agreed on.
+    Not counted as a transition (a long shadow run has many batches)."""
+
+    samples: int
+    agreed: int
+
+
+@dataclass(frozen=True)
+class ShadowPassed:
+    """SHADOW -> SWITCHING: agreement and budgets held on live inputs (or on_timeout promotes)."""
 
     details: str | None = None
 
@@ -288,7 +332,8 @@ class Reset:
 
 Event = (
     Start | Downloaded | Verified | Installed | Validated | Switched | TrialProgress | Committed
-    | Retry | Reject | RollBack | FallBackToFull | Reset
+    | Retry | Reject | RollBack | FallBackToFull | Reset | GrantsRenewed | ShadowProgress
+    | ShadowPassed
 )
 
 _FALLBACK_PHASES = frozenset({Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING})
@@ -332,7 +377,8 @@ def transition(state: UpdateState, event: Event, now: float,
                 phase=Phase.DOWNLOADING, model=event.model, version=event.version,
                 target=event.target, delta_target=event.delta_target,
                 rollout_id=event.rollout_id, allow_downgrade=event.allow_downgrade,
-                transitions=1, updated_at=now, last_outcome=_outcome(s),
+                key_grants=dict(event.key_grants), transitions=1, updated_at=now,
+                last_outcome=_outcome(s),
             )
             return new
         case Downloaded():
@@ -360,7 +406,20 @@ def transition(state: UpdateState, event: Event, now: float,
                 extra = {"trial_started_at": now, "trial_inferences": 0}
             if isinstance(event, Committed):
                 extra = {"expected_active": s.slot, "reason": event.details}
-            new = replace(s, phase=_NEXT[s.phase], attempts=0, **extra, **bump)
+            nxt = _NEXT[s.phase]
+            if isinstance(event, Validated) and event.shadow:
+                nxt = Phase.SHADOW
+                extra = {"shadow_started_at": now, "shadow_samples": 0, "shadow_agreed": 0}
+            new = replace(s, phase=nxt, attempts=0, **extra, **bump)
+        case ShadowProgress():
+            if (s.phase is not Phase.SHADOW or not 0 <= event.agreed <= event.samples):
+                raise _illegal(s, event)
+            return replace(s, shadow_samples=s.shadow_samples + event.samples,
+                           shadow_agreed=s.shadow_agreed + event.agreed, updated_at=now)
+        case ShadowPassed():
+            if s.phase is not Phase.SHADOW:
+                raise _illegal(s, event)
+            new = replace(s, phase=Phase.SWITCHING, attempts=0, reason=event.details, **bump)
         case TrialProgress():
             if s.phase is not Phase.TRIAL or event.inferences < 0:
                 raise _illegal(s, event)
@@ -396,6 +455,10 @@ def transition(state: UpdateState, event: Event, now: float,
             return replace(s, phase=Phase.ROLLED_BACK, reason=event.reason,
                            expected_active=other_slot(event.active)
                            if event.active == s.slot else event.active, **bump)
+        case GrantsRenewed():
+            if s.phase.terminal:
+                raise _illegal(s, event)
+            return replace(s, key_grants=dict(event.key_grants), updated_at=now)
         case Reset():
             if not s.phase.terminal:
                 raise _illegal(s, event)

@@ -1,6 +1,8 @@
 """``edge-updater status``: what is installed and what the updater is doing (read-only).
 
-No network and no token: slot metadata and state files only.
+No network and no token: slot metadata and state files only. With TPM PCR binding, what the
+daemon last found about the slot key (``sealed_state``: sealed to another device state, and
+why) comes from the file it records that in, not from the TPM.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from device_updater.enrollment import read_enrollment
 from device_updater.errors import EnrollmentError, SealError
 from device_updater.events import EventQueue
 from device_updater.layout import Layout
+from device_updater.pcr_binding import read_sealed_state
 from device_updater.slots import SlotStore
 from device_updater.state import StateStore
 
@@ -42,4 +45,7 @@ def status(config: Config) -> dict[str, Any]:
             "version": st.version, "reason": st.reason, "last_outcome": st.last_outcome,
         }
     out["queued_events"] = len(EventQueue(layout.events)) if layout.events.exists() else 0
+    out["sealed_state"] = None
+    if config.keystore_type == "tpm":
+        out["sealed_state"] = read_sealed_state(config.keystore_dir or layout.root / "keystore")
     return out

@@ -26,11 +26,13 @@ from device_updater.config import Config
 from device_updater.enrollment import Enrollment
 from device_updater.errors import Error, ServerRefusedError, SlotError, UpdateRefusedError
 from device_updater.events import EventQueue, make_event
+from device_updater.grants import grant_source
 from device_updater.http import DeviceAuth, DeviceClient
 from device_updater.install import install_delta, install_full
 from device_updater.keystore import Keystore, TrustAnchors
 from device_updater.layout import Layout, workdir
 from device_updater.recovery import holds_abandoned_candidate
+from device_updater.sealing import sealer_for
 from device_updater.slots import BundleSealer, ModelSummary, SlotInfo, SlotStore, other_slot
 from device_updater.state import (
     Committed,
@@ -49,7 +51,16 @@ from device_updater.state import (
     Verified,
     transition,
 )
-from device_updater.trial import HealthLog, TrialPolicy, TrialState, evaluate_trial
+from device_updater.trial import (
+    HealthLog,
+    HealthReport,
+    TrialDecision,
+    TrialPolicy,
+    TrialState,
+    evaluate_trial,
+    relevant_report,
+)
+from device_updater.trial_quality import BaselineStore, apply_quality, summarize
 from device_updater.tuf_client import (
     DeviceFetcher,
     TargetNotFoundError,
@@ -90,11 +101,14 @@ class UpdateSteps:
         self._tuf: TufSession | None = None
         self._fetcher: DeviceFetcher | None = None
         self._verified: dict[str, tuple[TufSession, Path, tuple[int, int], BundleInfo]] = {}
+        # Models that ran a shadow batch this cycle: one batch per model and cycle (the rate
+        # bound), although a cycle may drive a model's update more than once.
+        self.shadowed_this_cycle: set[str] = set()
 
     # -- collaborators per model ---------------------------------------------------------------
     def slots(self, model: str) -> SlotStore:
         if self._sealer is None:
-            self._sealer = BundleSealer(self.keystore.recipient_key())
+            self._sealer = sealer_for(self.keystore, self.keystore.recipient_key())
         return SlotStore(self.layout.model_dir(model) / "slots", sealer=self._sealer,
                          trusted_keys=lambda: self.anchors().public_keys())
 
@@ -254,7 +268,8 @@ class UpdateSteps:
         active = self.slots(model).active()
         summary = check_bundle(
             info, st, active, delta=st.delta_target is not None, facts=self.facts,
-            my_key_id=public_key_id(self.keystore.recipient_key().public_key()))
+            my_key_id=public_key_id(self.keystore.recipient_key().public_key()),
+            granted=name in st.key_grants)
         if active is not None:
             self.check_signed_downgrade(model, info.manifest.version, active)
         return path, summary
@@ -288,12 +303,19 @@ class UpdateSteps:
         keys = [self.keystore.recipient_key()]
         trusted = self.anchors().public_keys()
         path, _ = self._verified_bundle(model, st)
+        name = st.delta_target or st.target
+        assert name is not None
+        # Not a direct recipient: the key grant sent with the assignment opens the data key.
+        source = grant_source(st.key_grants, name, self._fetch_verified(name)[1], keys[0],
+                              self.clock())
         if st.delta_target is not None:
             with workdir(self.config.runtime_dir) as work:
                 install_delta(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted,
-                              workdir=work, runtime_dir=self.config.runtime_dir)
+                              workdir=work, runtime_dir=self.config.runtime_dir,
+                              data_key_source=source)
         else:
-            install_full(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted)
+            install_full(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted,
+                         data_key_source=source)
         new_state = self._apply(model, st, Installed())
         self._event("installed", new_state, slot=st.slot,
                     method="delta" if st.delta_target else "full")
@@ -319,8 +341,19 @@ class UpdateSteps:
         if not outcome.accepted:
             self._reject(model, st, "holdout validation failed: " + "; ".join(outcome.reasons))
             return False
-        self._apply(model, st, Validated("; ".join(outcome.reasons) or None))
+        self._apply(model, st, Validated("; ".join(outcome.reasons) or None,
+                                         shadow=self._wants_shadow(st)))
         return True
+
+    @staticmethod
+    def _wants_shadow(st: UpdateState) -> bool:
+        """The signed policy asks for a shadow run (SHADOW phase) before the switch."""
+        from edgepkg.policy import PolicySchemaError, parse_policy
+
+        try:
+            return parse_policy(st.candidate.policy if st.candidate else None).shadow is not None
+        except PolicySchemaError:
+            return False  # the gate has already judged a malformed policy
 
     # SWITCHING --------------------------------------------------------------------------------
     def _step_switch(self, model: str, st: UpdateState) -> bool:
@@ -352,7 +385,9 @@ class UpdateSteps:
         started = st.trial_started_at if st.trial_started_at is not None else now
         trial = TrialState(st.model, st.version, started,
                            st.candidate.sha256 if st.candidate else None)
-        decision = evaluate_trial(trial, self.health.read(since=started), now, self.trial_policy)
+        reports = self.health.read(since=started)
+        decision = evaluate_trial(trial, reports, now, self.trial_policy)
+        decision = self._trial_quality(model, st, trial, reports, decision, now - started)
         if decision.inferences != st.trial_inferences:
             st = self._apply(model, st, TrialProgress(decision.inferences))
         if decision.action == "wait":
@@ -372,3 +407,34 @@ class UpdateSteps:
         new = self._apply(model, st, Committed(decision.reason))
         self._outcome_event(new, reason=decision.reason, inferences=decision.inferences)
         return False
+
+    # Trial quality: the previous model's baseline on this device (docs/validation.md) ---------
+    def baselines(self, model: str) -> BaselineStore:
+        return BaselineStore(self.layout.model_dir(model) / "quality-baseline.json")
+
+    def record_baselines(self, model: str) -> None:
+        """Fold the app's health reports into the rolling baseline of each version kept."""
+        slots = self.slots(model)
+        reports = self.health.read()
+        for name in ("a", "b"):
+            info = slots.info(name)
+            if info is not None:
+                self.baselines(model).record(model, info.version, reports)
+
+    def _trial_quality(self, model: str, st: UpdateState, trial: TrialState,
+                       reports: list[HealthReport], decision: TrialDecision,
+                       elapsed: float) -> TrialDecision:
+        from edgepkg.policy import PolicySchemaError, parse_policy
+
+        try:
+            rule = parse_policy(st.candidate.policy if st.candidate else None).trial
+        except PolicySchemaError:
+            rule = None
+        if rule is None or st.slot is None:
+            return decision
+        self.record_baselines(model)
+        previous = self.slots(model).info(other_slot(st.slot))
+        baseline = self.baselines(model).summary(previous.version) if previous else None
+        mine = summarize([r for r in reports if relevant_report(trial, r)])
+        return apply_quality(decision, rule, baseline, mine,
+                             past_deadline=elapsed >= self.trial_policy.deadline)

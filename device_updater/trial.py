@@ -123,7 +123,8 @@ class TrialDecision:
     failures: int = 0
 
 
-def _relevant(trial: TrialState, r: HealthReport) -> bool:
+def relevant_report(trial: TrialState, r: HealthReport) -> bool:
+    """Whether ``r`` is about the model on trial (its version/sha256, since the start)."""
     if r.time < trial.started_at:
         return False
     if r.model is not None and r.model != trial.model:
@@ -136,7 +137,7 @@ def _relevant(trial: TrialState, r: HealthReport) -> bool:
 def evaluate_trial(trial: TrialState, reports: Sequence[HealthReport], now: float,
                    policy: TrialPolicy = TrialPolicy()) -> TrialDecision:
     """Decide commit / rollback / wait for the model on trial (pure)."""
-    mine = [r for r in reports if _relevant(trial, r)]
+    mine = [r for r in reports if relevant_report(trial, r)]
     failures = [r for r in mine if r.status == "failing"]
     starts = sum(1 for r in mine if r.status == "started")
     healthy = [r for r in mine if r.status == "healthy"]

@@ -74,9 +74,9 @@ class HoldoutValidator:
 def make_validator(config: Config) -> Validator:
     if config.holdout_dir is None:
         return accept_all_validator
-    external = ({fmt: list(config.external_command)
-                 for fmt in ("onnx", "tflite", "tflm", "edgetpu", "tensorrt", "raw")}
-                if config.external_command else None)
+    from device_updater.validation.runners import runner_external
+
+    external = runner_external(config.external_command)
     return HoldoutValidator(config.holdout_dir, runtime_dir=config.runtime_dir,
                             cache_path=config.state_dir / "validation-cache.json",
                             timeout=config.validation_timeout_s, external=external)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from edgepkg.errors import (
     BadSignatureError,
@@ -432,3 +432,18 @@ class RecordOpener:
             f"payload chunk {index} failed authentication (modified, reordered, its raw/compressed "
             "flag changed, or from another bundle)"
         ) from None
+
+
+# --- device_updater: slots bound to the TPM's measured state (issue 16 item 3) ---------------
+
+
+def bind_slot_key(data_key: bytes, bound_secret: bytes, context: bytes) -> bytes:
+    """The AES-256 key of a slot stream that needs both the slot's HPKE-unwrapped data key and
+    a secret the TPM releases only in the expected PCR state (HKDF-SHA256, RFC 5869).
+
+    Both inputs are 32 random bytes; neither alone gives the stream key, so the slot still
+    needs the device key (ECDH in the TPM) *and* the measured state."""
+    if len(data_key) != DATA_KEY_BYTES or len(bound_secret) != 32:
+        raise KeyError_("bind_slot_key needs a 32-byte data key and a 32-byte bound secret")
+    return HKDF(algorithm=hashes.SHA256(), length=DATA_KEY_BYTES, salt=bound_secret,
+                info=b"edgepkg-slot-pcr-bind-v1\n" + context).derive(data_key)

@@ -32,6 +32,17 @@ and judges a candidate model with it. The key names are a contract release pipel
     boxes = "boxes"
     scores = "scores"
     classes = "classes"
+    [shadow]                   # run in shadow on live inputs before the switch (device spool)
+    min_agreement = 0.95       # share of samples where candidate and running model agree
+    min_samples = 200
+    max_wait_s = 86400         # not enough samples by then: on_timeout decides
+    on_timeout = "reject"      # or "promote"
+    tolerance = 0.0            # regression/anomaly outputs: |candidate - running| <= tolerance
+    [trial]                    # after the switch: app-reported quality vs the previous model
+    max_latency_ratio = 1.5    # trial p95 latency / the previous model's on this device
+    max_error_rate = 0.01      # errors / inferences during the trial
+    max_metric_drop = 0.05     # the app's metric (confidence, feedback accuracy) may drop by this
+    min_reports = 3            # reports needed (trial and baseline) before comparing
 
 Old manifests carry only ``metric``/``min``/``max_regression``/``max_latency_ratio``; they parse
 to the same meaning as before (every other rule off, the I/O contract on).
@@ -39,6 +50,7 @@ to the same meaning as before (every other rule off, the I/O contract on).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,8 +67,10 @@ __all__ = [
     "PerClassRule",
     "Policy",
     "PolicySchemaError",
+    "ShadowRule",
     "SliceRule",
     "StatisticsRule",
+    "TrialRule",
     "parse_policy",
     "task_of",
 ]
@@ -78,7 +92,7 @@ LOWER_IS_BETTER = frozenset({"mae", "rmse"})
 _NUMBER_KEYS = ("min", "max_regression", "max_latency_ratio", "max_latency_ms",
                 "max_memory_ratio")
 _INT_KEYS = ("max_memory_bytes", "max_model_bytes")
-_TABLES = ("per_class", "slices", "io", "statistics", "detection")
+_TABLES = ("per_class", "slices", "io", "statistics", "detection", "shadow", "trial")
 POLICY_KEYS = ("metric", *_NUMBER_KEYS, *_INT_KEYS, "output", *_TABLES)
 LEGACY_KEYS = ("metric", "min", "max_regression", "max_latency_ratio")
 MAX_SLICES = 64
@@ -127,6 +141,27 @@ class DetectionOutputs:
 
 
 @dataclass(frozen=True)
+class ShadowRule:
+    """Shadow run before the switch: agreement with the running model on live inputs."""
+
+    min_agreement: float = 0.95
+    min_samples: int = 100
+    max_wait_s: float = 86400.0
+    on_timeout: str = "reject"
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialRule:
+    """Trial quality after the switch, against the previous model's baseline on the device."""
+
+    max_latency_ratio: float | None = None
+    max_error_rate: float | None = None
+    max_metric_drop: float | None = None
+    min_reports: int = 3
+
+
+@dataclass(frozen=True)
 class Policy:
     """A parsed policy. Field order keeps the old four-field constructor working."""
 
@@ -144,6 +179,8 @@ class Policy:
     io: IoRule = field(default_factory=IoRule)
     statistics: StatisticsRule = field(default_factory=StatisticsRule)
     detection: DetectionOutputs = field(default_factory=DetectionOutputs)
+    shadow: ShadowRule | None = None
+    trial: TrialRule | None = None
 
     @property
     def task(self) -> str:
@@ -180,6 +217,11 @@ class Policy:
         if self.detection != DetectionOutputs():
             out["detection"] = {"boxes": self.detection.boxes, "scores": self.detection.scores,
                                 "classes": self.detection.classes}
+        if self.shadow is not None:
+            out["shadow"] = dataclasses.asdict(self.shadow)
+        if self.trial is not None:
+            out["trial"] = {k: v for k, v in dataclasses.asdict(self.trial).items()
+                            if v is not None}
         return out
 
     @classmethod
@@ -298,4 +340,41 @@ def parse_policy(data: Mapping[str, Any] | None, *, strict_metric: bool = True) 
         kw["detection"] = DetectionOutputs(
             *(_name(f"detection.{k}", t.get(k, getattr(d, k)))
               for k in ("boxes", "scores", "classes")))
+    if data.get("shadow") is not None:
+        kw["shadow"] = _parse_shadow(data["shadow"], METRICS.get(metric, "classification"))
+    if data.get("trial") is not None:
+        t = _table("trial", data["trial"],
+                   ("max_latency_ratio", "max_error_rate", "max_metric_drop", "min_reports"))
+        ratio = t.get("max_latency_ratio")
+        kw["trial"] = TrialRule(
+            max_latency_ratio=None if ratio is None else _number("trial.max_latency_ratio",
+                                                                 ratio, positive=True),
+            max_error_rate=_opt(t, "max_error_rate", "trial"),
+            max_metric_drop=_opt(t, "max_metric_drop", "trial"),
+            min_reports=_integer("trial.min_reports", t.get("min_reports", 3), minimum=1))
     return Policy(**kw)
+
+
+def _parse_shadow(value: Any, task: str) -> ShadowRule:
+    t = _table("shadow", value, ("min_agreement", "min_samples", "max_wait_s", "on_timeout",
+                                 "tolerance"))
+    if task == "detection":
+        # Agreement between two detectors' box sets has no single obvious definition; refuse
+        # at packaging rather than let the device guess.
+        raise PolicySchemaError("policy [shadow] is not supported for detection metrics "
+                                "(map50); remove [shadow] or use a classification/regression "
+                                "metric")
+    d = ShadowRule()
+    agreement = _number("shadow.min_agreement", t.get("min_agreement", d.min_agreement))
+    if agreement > 1:
+        raise PolicySchemaError("policy shadow.min_agreement is a share: between 0 and 1")
+    on_timeout = t.get("on_timeout", d.on_timeout)
+    if on_timeout not in ("promote", "reject"):
+        raise PolicySchemaError("policy shadow.on_timeout must be 'promote' or 'reject'")
+    return ShadowRule(
+        min_agreement=agreement,
+        min_samples=_integer("shadow.min_samples", t.get("min_samples", d.min_samples),
+                             minimum=1),
+        max_wait_s=_number("shadow.max_wait_s", t.get("max_wait_s", d.max_wait_s)),
+        on_timeout=str(on_timeout),
+        tolerance=_number("shadow.tolerance", t.get("tolerance", d.tolerance)))

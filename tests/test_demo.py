@@ -75,10 +75,15 @@ def test_demo_quick_runs_the_whole_fleet_release_and_every_expectation_holds(
         "v3 rollout paused itself",
         "canaries rejected it on holdout validation",
         "no device ever ran v3",
+        "enrolled after v2 was published and reached v2 through a key grant",
     ):
         assert expected in whats
     devices = report["devices"]
-    assert len(devices) == QUICK_DEVICES
+    # the fleet, plus one device enrolled after v2 was packaged and published
+    assert len(devices) == QUICK_DEVICES + 1
+    late = devices[-1]
+    assert late["note"] == "enrolled after v2 was published: key grant"
+    assert late["version"] == "2.0.0" and late["v2_route"] == "full"
     assert all(d["version"] == "2.0.0" and d["keystore"] == "softhsm2" for d in devices)
     delta = [d for d in devices if d["v2_route"] == "delta"]
     assert delta and all(d["v2_bytes"] < d["v2_full_size"] for d in delta)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -438,6 +439,8 @@ def main() -> int:
         req = json.loads(sys.stdin.read(1 << 16))
         options = dict(req.get("options") or {})
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if options.get("nice"):  # shadow runs: the inference app keeps the CPU
+            os.nice(int(options["nice"]))
         mode = req.get("mode", "run")
         result = abab_mode(req, options) if mode == "abab" else run_mode(req, options)
         print(json.dumps(result))

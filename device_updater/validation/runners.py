@@ -280,6 +280,13 @@ class ExternalCommandRunner:
         return RunOutput(outputs, _latencies(obj, outputs.shape[0], wall), self.name, wall)
 
 
+def runner_external(command: Sequence[str] | None) -> dict[str, list[str]] | None:
+    """The daemon's ``[validation] external_command`` as ``runner_for``'s per-format map."""
+    if not command:
+        return None
+    return {fmt: list(command) for fmt in (*BUILTIN_FORMATS, "raw")}
+
+
 def runner_for(fmt: str, *, external: Mapping[str, Sequence[str]] | None = None,
                options: Mapping[str, Any] | None = None) -> Runner:
     """The runner for ``fmt``: an external command configured for it, else the built-in one."""

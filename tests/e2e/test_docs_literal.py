@@ -10,8 +10,9 @@ of the page's previous block carried over (as when pasting the blocks into one s
 
 Ordering: pages run in order, blocks in page order. A marker may name a block
 (``<!-- runnable id=NAME -->``) or make one wait for a named block of another page
-(``<!-- runnable after=NAME -->``): the lab's direct-recipient packaging needs the device's key,
-so it runs after the device page's enrollment, then that page goes on.
+(``<!-- runnable after=NAME -->``), for a step that needs the other page's work (packaging for
+direct recipients needs the devices enrolled). The lab packages for the key service, so the
+device enrolls after the release is published, which is the case key grants exist for.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -118,6 +120,18 @@ def test_extractor_dedents_list_blocks_and_rejects_a_bare_marker() -> None:
         extract_blocks("p.md", "<!-- runnable -->\ntext\n")
 
 
+def test_a_block_waits_for_the_block_it_names() -> None:
+    def block(page: str, line: int, **attrs: str) -> Block:
+        return Block(page, line, "", dict(attrs))
+
+    order = schedule({"a": [block("a", 1), block("a", 2, after="x"), block("a", 3)],
+                      "b": [block("b", 1), block("b", 2, id="x"), block("b", 3)]})
+    assert [(b.page, b.line) for b in order] == [("a", 1), ("b", 1), ("b", 2), ("a", 2),
+                                                 ("a", 3), ("b", 3)]
+    with pytest.raises(AssertionError, match="never run"):
+        schedule({"a": [block("a", 1, after="nope")]})
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -154,6 +168,7 @@ def test_docs_run_literally(tmp_path: Path) -> None:
         "WORK": str(work),
         "HSM_PIN": "ci-release-pin",
         "ROOT_PIN": "ci-root-pin",
+        "KEYSVC_PIN": "ci-keysvc-pin",
         "DEVICE_PIN": "ci-device-pin",
         "EDGEPKG_SERVER": f"http://127.0.0.1:{port}",
     }
@@ -180,6 +195,11 @@ def test_docs_run_literally(tmp_path: Path) -> None:
         active = iris["slots"][iris["active_slot"]]
         assert (iris["version"], iris["phase"], active["version"]) == ("1.0.0", "committed",
                                                                         "1.0.0")
+        # The device enrolled after the release was packaged: it got the data key through a key
+        # grant, which the server audits (docs/operator.md, "Key service").
+        with sqlite3.connect(work / "server" / "edgepkg-server.db") as db:
+            (grants,) = db.execute("SELECT count(*) FROM key_grants").fetchone()
+        assert grants >= 1
     finally:
         _stop_server(work / "server" / "server.pid")
 
