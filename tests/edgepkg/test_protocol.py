@@ -117,3 +117,53 @@ def test_protocol_imports_no_third_party_library() -> None:
             "'tuf', 'zstandard', 'pkcs11') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _report_json() -> dict[str, object]:
+    model = p.ModelTelemetry(
+        version="2.0.0", inferences=1000, errors=3,
+        latency_ms=p.Histogram(edges=(1.0, 2.0), counts=(10, 980, 10)),
+        latency_p50_ms=1.4, latency_p95_ms=1.9, class_counts=(600, 400),
+        confidence=p.Moments(count=1000, mean=0.8, std=0.1, min=0.2, max=1.0),
+        features=(p.FeatureSummary("f0", p.Moments(1000, 0.0, 1.0, -3.0, 3.0),
+                                   p.Histogram((-1.0, 0.0, 1.0), (160, 340, 340, 160))),),
+        feedback_labelled=50, feedback_correct=45, drift={"psi": 0.03},
+    )
+    report = p.TelemetryReport(
+        seq=7, interval_start=p.parse_time("2026-01-01T00:00:00Z"),
+        interval_end=p.parse_time("2026-01-01T00:05:00Z"), models={"clf": model},
+        hardware=p.HardwareHealth(cpu_temp_c=51.5, load1=0.4),
+    )
+    assert model.field_accuracy == 0.9
+    return report.to_json()
+
+
+def test_telemetry_report_round_trips() -> None:
+    raw = _report_json()
+    assert p.parse_telemetry_report(raw).to_json() == raw
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("seq",), -1),
+        (("models", "clf", "inferences"), 2**63),
+        (("models", "clf", "version"), "\x00"),
+        (("models", "clf", "latency_p95_ms"), float("nan")),
+        (("hardware", "cpu_temp_c"), float("inf")),
+        (("models", "clf", "latency_ms", "counts"), [1, 2]),
+        (("models", "clf", "drift", "evil"), 1.0),
+        (("models", "clf", "class_counts"), [1] * 1001),
+        (("models", "clf", "feedback", "correct"), 51),
+        (("interval_start",), "2026-01-02T00:00:00Z"),
+        (("extra",), 1),
+    ],
+)
+def test_telemetry_report_refuses_bad_fields(path: tuple[str, ...], value: object) -> None:
+    raw: dict[str, object] = _report_json()
+    node: dict[str, object] = raw
+    for key in path[:-1]:
+        node = node[key]  # type: ignore[assignment]
+    node[path[-1]] = value
+    with pytest.raises(p.ProtocolError):
+        p.parse_telemetry_report(raw)
