@@ -111,6 +111,8 @@ class Result:
             "status_5xx": len(self.server_errors),
             "known_5xx_by_cause": dict(causes["known"]),
             "new_5xx_by_cause": dict(causes["new"]),
+            "5xx_by_operation": dict(Counter(
+                f"{e['operation']}: {e['cause'][:90]}" for e in self.server_errors)),
             "untyped_exceptions": len(self.server_errors),
             "undocumented_statuses": dict(self.undocumented),
             "not_json": self.not_json[:20], "hangs": self.hangs[:20],

@@ -4,7 +4,7 @@ One real world (server, TUF repository, device with v1 committed and v2 assigned
 scenario the real ``edge-updater check`` runs in a child process against the hostile server,
 from the same saved device state. Each run must: exit 0 or 1 (documented codes) without a
 traceback, say what went wrong, end within its timeouts plus a margin, stay under a memory
-ceiling (the child's peak RSS from ``wait4``), and leave v1 active and intact.
+ceiling (the child's peak RSS, ``VmHWM``), and leave v1 active and intact.
 """
 
 from __future__ import annotations
@@ -64,25 +64,40 @@ json = true
     return cfg
 
 
+def _hwm_kb(pid: int) -> int:
+    """The child's peak RSS so far (``VmHWM``). Not ``wait4``'s ``ru_maxrss``: Linux carries the
+    parent's high-water mark across fork and exec, so it reports at least the test's own RSS."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _check(cfg: Path, out: Path, limit: float) -> Run:
-    """``edge-updater check --json`` in a child; its peak RSS from ``wait4``; killed at limit."""
+    """``edge-updater check --json`` in a child, its peak RSS sampled every 20 ms, killed at
+    ``limit`` seconds."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     so, se = out / "stdout", out / "stderr"
     start = time.monotonic()
     with open(so, "wb") as fo, open(se, "wb") as fe:
         proc = subprocess.Popen([sys.executable, "-m", "device_updater", "-c", str(cfg), "check",
                                  "--json"], stdout=fo, stderr=fe, env=env)
+        peak = 0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            peak = max(peak, _hwm_kb(proc.pid))  # before reaping: /proc/<pid> goes with it
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() - start > limit:
                 proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
+                pid, status = os.waitpid(proc.pid, 0)
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Run(proc.returncode, time.monotonic() - start, usage.ru_maxrss,
+    return Run(proc.returncode, time.monotonic() - start, peak,
                so.read_text(errors="replace"), se.read_text(errors="replace"))
 
 
@@ -105,16 +120,42 @@ def _serving_v1(world: World) -> str | None:
     return None
 
 
+def _logged_error(run: Run) -> str:
+    """The error of the last warning/error the agent logged (JSON log lines on stderr)."""
+    found = ""
+    for line in run.stderr.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("error") and rec.get("level") in ("warning", "error"):
+            found = f"{rec.get('message')}: {rec['error']}"
+    return found
+
+
+def _outcome(run: Run) -> str:
+    try:
+        doc = json.loads(run.stdout.strip().splitlines()[-1])
+        errors = "; ".join(doc["errors"]) or _logged_error(run)
+        return f"online={doc['online']} {doc['outcomes'].get(MODEL)} {errors[:200]}".strip()
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+        return run.stderr.strip().splitlines()[-1][:200] if run.stderr.strip() else ""
+
+
 def _problems(sc: Scenario, run: Run, rss_ceiling: int) -> list[str]:
     out = []
     if run.rc not in (0, 1):
         out.append(f"exit code {run.rc}")
     if "Traceback" in run.stdout + run.stderr:
         out.append("traceback: " + run.stderr[-600:])
+    if "internal error:" in run.stderr:  # _cli_support's words for an untyped exception
+        out.append("untyped exception: " + run.stderr[-600:])
     if run.seconds > TIME_LIMIT_S:
         out.append(f"took {run.seconds:.1f} s")
     if run.max_rss_kb > rss_ceiling:
         out.append(f"peak RSS {run.max_rss_kb // 1024} MiB > {rss_ceiling // 1024} MiB")
+    if run.rc == 0 and "api" not in sc.routes and not _logged_error(run):
+        out.append("a refused TUF download was not reported (no warning with its error)")
     said = run.stdout.strip()
     if run.rc == 1:
         # a documented failure says what happened: the --json report, or a one-line error
@@ -161,7 +202,7 @@ def test_device_survives_every_hostile_server_scenario(e2e_world: Callable[[], W
     rss_ceiling = control.max_rss_kb + RSS_MARGIN_KB
 
     failures: dict[str, list[str]] = {}
-    timings: dict[str, float] = {}
+    timings: dict[str, tuple[float, int, int, str]] = {}
     for sc in SCENARIOS.values():
         _restore(snapshot, world)
         # a fresh rollout: a failure the device reported in an earlier scenario must not stop the
@@ -176,8 +217,12 @@ def test_device_survives_every_hostile_server_scenario(e2e_world: Callable[[], W
             problems.append(why)
         if not any(route_of(p) in sc.routes for p in hit):
             problems.append(f"the device never made a request this scenario attacks: {hit}")
-        timings[sc.name] = round(run.seconds, 1)
+        timings[sc.name] = (round(run.seconds, 1), run.max_rss_kb // 1024, run.rc,
+                            _outcome(run))
         if problems:
             failures[sc.name] = problems
-    print("hostile-server timings (s):", timings)
+    print(f"control: {control.seconds:.1f} s, {control.max_rss_kb // 1024} MiB")
+    print("hostile-server scenarios (seconds, peak RSS MiB, exit code, outcome):")
+    for name, row in timings.items():
+        print(f"  {name}: {row}")
     assert not failures, json.dumps(failures, indent=1)[:6000]
