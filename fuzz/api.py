@@ -44,20 +44,25 @@ from fuzz._api_gen import HOSTILE_STRINGS, Operation, Request, draw_request, ope
 GENERIC_STATUSES = frozenset({308, 405, 413, 429})
 # 500 causes listed in issue 13 (fixed by the validation layer on the hardening branch); a 500
 # whose cause matches none of these is a new finding.
-KNOWN_CAUSES: tuple[tuple[str, str], ...] = (
-    ("surrogate", "surrogates not allowed"),
-    ("surrogate", "UnicodeEncodeError"),
-    ("NUL", "NUL (0x00)"),
-    ("NUL", "\\x00"),
-    ("NUL", "embedded null"),
-    ("non-finite float", "NaN"),
-    ("non-finite float", "Infinity"),
-    ("integer >= 2^63", "out of range"),
-    ("integer >= 2^63", "too large"),
-    ("integer >= 2^63", "OverflowError"),
-    ("datetime overflow", "year 0 is out of range"),
-    ("datetime overflow", "date value out of range"),
-    ("datetime overflow", "year is out of range"),
+# (label, text in the cause, text in its "@ package/file:line" location or "" for anywhere)
+KNOWN_CAUSES: tuple[tuple[str, str, str], ...] = (
+    ("surrogate", "surrogates not allowed", ""),
+    ("surrogate", "UnicodeEncodeError", ""),
+    ("NUL", "NUL (0x00)", ""),
+    ("NUL", "\\x00", ""),
+    ("NUL", "embedded null", ""),
+    ("non-finite float", "NaN", ""),
+    ("non-finite float", "Infinity", ""),
+    # listed: free_disk_bytes (check-in) and events?offset= (operator API)
+    ("integer >= 2^63", "out of range", "devices/"),
+    ("integer >= 2^63", "too large", "devices/"),
+    ("integer >= 2^63", "OverflowError", "devices/"),
+    ("integer >= 2^63", "out of range", "operators/"),
+    ("integer >= 2^63", "too large", "operators/"),
+    ("integer >= 2^63", "OverflowError", "operators/"),
+    ("datetime overflow", "year 0 is out of range", ""),
+    ("datetime overflow", "date value out of range", ""),
+    ("datetime overflow", "year is out of range", ""),
 )
 
 
@@ -73,7 +78,10 @@ class _Capture(logging.Handler):
             exc = record.exc_info[1]
             frames = traceback.extract_tb(record.exc_info[2])
             app = [f for f in frames if "/update_server/" in f.filename] or frames
-            where = f"{Path(app[-1].filename).name}:{app[-1].lineno}" if app else "?"
+            where = "?"
+            if app:
+                path = Path(app[-1].filename)
+                where = f"{path.parent.name}/{path.name}:{app[-1].lineno}"
             self.last = f"{type(exc).__name__}: {str(exc)[:160]} @ {where}"
         else:
             self.last = record.getMessage()[:200]
@@ -123,8 +131,10 @@ class Result:
 
 
 def classify(cause: str) -> str | None:
-    for label, needle in KNOWN_CAUSES:
-        if needle in cause:
+    """The issue-13 label of a 500's cause, or ``None`` for a cause not listed there."""
+    text, _, where = cause.rpartition(" @ ")
+    for label, needle, place in KNOWN_CAUSES:
+        if needle in (text or cause) and place in where:
             return label
     return None
 

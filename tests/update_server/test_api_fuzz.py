@@ -61,6 +61,11 @@ def test_api_fuzz_slice_answers_no_500_at_all(db_url: str) -> None:
 
 
 def test_classify_splits_known_from_new_causes() -> None:
-    assert api.classify("ValueError: embedded null byte @ files.py:43") == "NUL"
+    assert api.classify("ValueError: embedded null byte @ tuf/files.py:43") == "NUL"
     assert api.classify("UnicodeEncodeError: 'utf-8' codec can't encode character") == "surrogate"
-    assert api.classify("KeyError: 'x' @ api.py:1") is None
+    assert api.classify("OverflowError: Python int too large @ devices/api.py:154") == (
+        "integer >= 2^63")
+    # an overflow elsewhere than the listed fields is a new finding
+    assert api.classify("OverflowError: int too large to convert to float @ rollouts/spec.py:25"
+                        ) is None
+    assert api.classify("KeyError: 'x' @ devices/api.py:1") is None
