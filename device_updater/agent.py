@@ -14,7 +14,7 @@ One cycle::
 The agent is a thin I/O shell over the pure state machine (:mod:`device_updater.state`): each
 state is saved *before* the action it names, every change of state is a transition (the
 delta-to-full fallback included), and failures become events through the one table in
-:mod:`device_updater.outcomes`. Start-up runs :func:`~device_updater.state.run_recovery` for
+:mod:`device_updater.outcomes`. Start-up runs :func:`~device_updater.recovery.run_recovery` for
 every model. Network failures never touch the running model: the cycle ends and the loop backs
 off. Expired TUF metadata blocks new installs only.
 
@@ -48,13 +48,14 @@ from device_updater.http import DeviceAuth, DeviceClient
 from device_updater.keystore import Keystore
 from device_updater.layout import Layout, remove_stale_workdirs
 from device_updater.outcomes import Action, classify
-from device_updater.slots import SlotInfo, other_slot
+from device_updater.recovery import run_recovery
+from device_updater.slots import SlotInfo, other_slot, remove_stale_exports
 from device_updater.state import (
     FallBackToFull,
+    GrantsRenewed,
     Phase,
     RollBack,
     Start,
-    run_recovery,
 )
 from device_updater.steps import UpdateSteps
 from device_updater.trial import HealthLog, TrialPolicy
@@ -114,12 +115,15 @@ class Agent(UpdateSteps):
         self.events = EventQueue(self.layout.events)
         self.health = HealthLog(self.layout.health)
         self.last_error: str | None = None
+        self._paused: list[str] = []  # this cycle's updates paused by a transient failure
         self.poll_interval = self.enrollment.poll_interval
 
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> None:
         """Start-up recovery for every model (the state machine's rules), before anything else."""
         remove_stale_workdirs(self.config.runtime_dir)
+        # Plaintext exports of a killed run (validation) too, even if no validation runs now.
+        remove_stale_exports(self.config.runtime_dir)
         for model in self.layout.model_names():
             store = self.store(model)
             crashed = store.was_running()
@@ -181,6 +185,7 @@ class Agent(UpdateSteps):
     # -- one cycle -----------------------------------------------------------------------------
     def run_cycle(self) -> CycleReport:
         report = CycleReport()
+        self._paused.clear()
         self._tuf = None  # one Updater per cycle
         self._fetcher = None
         try:
@@ -195,6 +200,11 @@ class Agent(UpdateSteps):
             except TransportError as exc:
                 self.last_error = f"offline: {exc}"
                 log.warning("check-in failed; keeping the current model", extra={"error": str(exc)})
+                # Said in the report too: without it `check` shows no error and outcomes from
+                # an earlier cycle, as if the server had been asked.
+                report.errors.append(
+                    f"cannot reach the update server: {exc}; the running model is kept and the "
+                    "outcomes shown are from the last cycle that reached it")
                 return self._finish(report)
             report.online = True
             report.poll_interval = self.poll_interval = answer.poll_interval
@@ -214,6 +224,9 @@ class Agent(UpdateSteps):
         return self._finish(report)
 
     def _finish(self, report: CycleReport) -> CycleReport:
+        # Updates paused by a network failure during this cycle (TUF download, rollout status).
+        report.errors.extend(e for e in self._paused if e not in report.errors)
+        self._paused.clear()
         for model in self.layout.model_names():
             phase = self.store(model).load().phase
             report.outcomes[model] = phase.value
@@ -230,6 +243,10 @@ class Agent(UpdateSteps):
         store, slots = self.store(a.model), self.slots(a.model)
         st = store.load()
         if not st.phase.terminal:
+            if (a.key_grants and st.version == a.version and st.target == a.target
+                    and dict(a.key_grants) != st.key_grants):
+                # e.g. the grant expired before the install: this check-in brought a fresh one
+                self._apply(a.model, st, GrantsRenewed(a.key_grants))
             self._advance(a.model)  # finish what is in progress first
             return
         active = slots.active()
@@ -240,7 +257,8 @@ class Agent(UpdateSteps):
             return  # already refused this version; the reason was reported
         st = self._apply(a.model, st, Start(
             model=a.model, version=a.version, target=a.target, delta_target=a.delta_target,
-            rollout_id=a.rollout_id, allow_downgrade=a.allow_downgrade))
+            rollout_id=a.rollout_id, allow_downgrade=a.allow_downgrade,
+            key_grants=a.key_grants))
         try:
             check_version_str(a.version)
             if active is not None:
@@ -287,6 +305,7 @@ class Agent(UpdateSteps):
             return None
         self.last_error = str(exc)
         if decision.action is Action.WAIT:
+            self._paused.append(f"{model}: update paused until the next cycle: {decision.reason}")
             log.warning("update paused until the next cycle",
                         extra={"model": model, "error": decision.reason})
             return decision.action

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from device_updater.errors import UpdateRefusedError
+from device_updater.errors import DeltaUnusableError, UpdateRefusedError
 from device_updater.facts import unmet_requirements
-from device_updater.install import DeltaUnusableError
 from device_updater.slots import ModelSummary, SlotInfo
 from device_updater.state import UpdateState
 from edgepkg.bundle import BundleInfo
@@ -64,9 +63,12 @@ def delta_matches(custom: Mapping[str, Any] | None, st: UpdateState, active: Slo
 
 
 def check_bundle(info: BundleInfo, st: UpdateState, active: SlotInfo | None, *, delta: bool,
-                 facts: Mapping[str, Any], my_key_id: str) -> ModelSummary:
+                 facts: Mapping[str, Any], my_key_id: str,
+                 granted: bool = False) -> ModelSummary:
     """Check a signature-verified bundle against the assignment, the signed TUF summary, the
-    running model, the device facts and the recipients; return the candidate summary."""
+    running model, the device facts and the recipients (``granted``: the assignment carries a
+    key grant for this bundle, so the device need not be a direct recipient); return the
+    candidate summary."""
     m = info.manifest
     if m.name != st.model or m.version != st.version:
         raise UpdateRefusedError(
@@ -85,7 +87,7 @@ def check_bundle(info: BundleInfo, st: UpdateState, active: SlotInfo | None, *, 
     unmet = unmet_requirements(m.requirements, dict(facts))
     if unmet:
         raise UpdateRefusedError("requirements not met: " + "; ".join(unmet))
-    if info.recipient_key_ids and my_key_id not in info.recipient_key_ids:
+    if info.recipient_key_ids and my_key_id not in info.recipient_key_ids and not granted:
         raise NotARecipientError(
             f"bundle is not encrypted for this device (key id {my_key_id[:16]}...)")
     return summary

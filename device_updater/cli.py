@@ -8,6 +8,7 @@
     edge-updater rollback [--model NAME]
     edge-updater current-model [--model NAME] [--stream]
     edge-updater report-health --ok|--fail|--started [--latency-ms MS] [--inferences N]
+    edge-updater validate --candidate M --running M --holdout DIR --policy P.toml  # no config
 
 Errors, ``--json`` errors, closed pipes and exit codes follow :mod:`edgepkg._cli_support`, the
 conventions shared with ``edgepkg`` and ``edgepkg-server``.
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from device_updater import validate_cmd
 from device_updater.config import Config, load_config
 from device_updater.errors import ConfigError, NoActiveSlotError, UntrustedDeviceInputError
 from edgepkg._cli_support import CliParser, run_cli
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the app's own quality metric (e.g. accuracy on labelled feedback)")
     h.add_argument("--message", help="a short note (e.g. the error text) kept with the report")
     h.set_defaults(func=_cmd_report_health)
+    validate_cmd.register(sub)  # exits 0 accept / 1 reject / 2 usage or setup
     return p
 
 
@@ -148,6 +151,10 @@ def make_keystore(config: Config) -> Any:
     if config.keystore_type == "file":
         assert config.keystore_dir is not None
         return FileKeystore(config.keystore_dir)
+    if config.keystore_type == "tpm":
+        from device_updater.keystore_tpm import keystore_from_config
+
+        return keystore_from_config(config)
     assert config.token_uri is not None
     return Pkcs11Keystore(config.token_uri, key_label=config.key_label)
 
@@ -323,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
 
     def dispatch(args: argparse.Namespace) -> int:
+        if getattr(args, "standalone", None):  # needs no device config (release pipelines)
+            return int(args.standalone(args))
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
             return 2

@@ -19,7 +19,7 @@ MAX_CONFIG_BYTES = 256 * 1024
 _SECTIONS: dict[str, set[str]] = {
     "server": {"url", "tuf_metadata_url", "tuf_targets_url", "connect_timeout", "read_timeout"},
     "device": {"state_dir", "runtime_dir", "holdout_dir", "tags"},
-    "keystore": {"type", "token_uri", "key_label", "dir"},
+    "keystore": {"type", "token_uri", "key_label", "dir", "tcti", "key_handle", "nv_index"},
     "poll": {"interval", "jitter", "max_backoff"},
     "facts": None,  # type: ignore[dict-item]  # free-form: device facts override discovery
     "validation": {"timeout_s", "external_command"},
@@ -43,6 +43,9 @@ class Config:
     token_uri: str | None = None
     key_label: str = "edge-updater-device"
     keystore_dir: Path | None = None
+    tcti: str | None = None
+    tpm_key_handle: int | None = None
+    tpm_nv_index: int | None = None
     poll_interval: int = 300
     poll_jitter: float = 0.2
     max_backoff: int = 3600
@@ -58,13 +61,16 @@ class Config:
     def __post_init__(self) -> None:
         if not self.server_url.startswith(("http://", "https://")):
             raise ConfigError("server.url must be an http:// or https:// URL")
-        if self.keystore_type not in ("pkcs11", "file"):
-            raise ConfigError("keystore.type must be 'pkcs11' or 'file'")
+        if self.keystore_type not in ("pkcs11", "file", "tpm"):
+            raise ConfigError("keystore.type must be 'pkcs11', 'tpm' or 'file'")
         if self.keystore_type == "pkcs11" and not self.token_uri:
             raise ConfigError(
                 "keystore.token_uri (a pkcs11: URI) is required for a pkcs11 keystore")
         if self.keystore_type == "file" and self.keystore_dir is None:
             raise ConfigError("keystore.dir is required for a file keystore")
+        if self.keystore_type == "tpm" and not self.tcti:
+            raise ConfigError("keystore.tcti (e.g. 'device:/dev/tpmrm0' or "
+                              "'swtpm:host=127.0.0.1,port=2321') is required for a tpm keystore")
         if not 1 <= self.poll_interval <= 7 * 86400:
             raise ConfigError("poll.interval must be between 1 and 604800 seconds")
         if not 0 <= self.poll_jitter <= 1:
@@ -147,6 +153,9 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
         "token_uri": _get(ks, "token_uri", str, "keystore"),
         "key_label": _get(ks, "key_label", str, "keystore") or "edge-updater-device",
         "keystore_dir": _path(base_dir, _get(ks, "dir", str, "keystore")),
+        "tcti": _get(ks, "tcti", str, "keystore"),
+        "tpm_key_handle": _get(ks, "key_handle", int, "keystore"),
+        "tpm_nv_index": _get(ks, "nv_index", int, "keystore"),
         "facts": dict(doc.get("facts", {})),
         "external_command": tuple(ext) if ext else None,
     }

@@ -1,4 +1,4 @@
-"""Enrollment: create the device key, provision the token-held trust anchors, register.
+"""Enrollment: create the device key, register it, then provision the token-held trust anchors.
 
 The record of a finished enrollment (``enrollment.json``: device id, server, poll interval) is
 what every later agent start reads first.
@@ -7,6 +7,7 @@ what every later agent start reads first.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +16,13 @@ import requests
 from device_updater.config import Config
 from device_updater.errors import EnrollmentError
 from device_updater.facts import device_facts
-from device_updater.http import enroll
+from device_updater.http import ServerRefusedError, enroll
 from device_updater.keystore import Keystore, TrustAnchors, device_id, device_public_key_pem
 from device_updater.layout import Layout
-from device_updater.tuf_client import check_root_bytes, install_trusted_root
+from device_updater.tuf_client import check_root_bytes, install_trusted_root, root_sha256
 from edgepkg._atomic import atomic_write_bytes
+
+log = logging.getLogger("edge_updater")
 
 
 @dataclass(frozen=True)
@@ -51,32 +54,60 @@ def enroll_device(
     session: requests.Session | None = None,
     facts: dict[str, Any] | None = None,
 ) -> Enrollment:
-    """Create the device key in the keystore, provision the trust anchors, register with the server.
+    """Create (or find) the device key, register it with the server, and only then write the
+    token-held trust anchors and the enrollment record.
 
     The trusted root and release keys come from provisioning media (never from the server):
-    their SHA-256 / public keys become the token-held anchors every later cycle checks.
+    their SHA-256 / public keys become the token-held anchors every later cycle checks. The
+    anchors are write-once, so they are written only after the server accepted the enrollment:
+    a refused enrollment (a mistyped token) leaves the token without anchors and a retry with
+    the right token works. If the process dies after the server accepted but before the anchors
+    were written, running enroll again finishes the job: the server answers a retry with the
+    same token as a success, and ``already_enrolled`` for this very key (another token) is
+    treated as the success it is, since only this token holds that key.
     """
     layout = Layout(config.state_dir)
     if layout.enrollment.exists():
         raise EnrollmentError(
             f"this device is already enrolled ({layout.enrollment}); its trust anchors are not "
             "replaced. To re-enroll, wipe the state directory and the token first.")
-    layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Check the provisioning media before anything is sent, so that a bad root or release key
+    # is refused before the server counts a use of the enrollment token.
     check_root_bytes(trusted_root)
+    anchors = TrustAnchors(root_sha256(trusted_root), list(release_keys))
     keystore.ensure_device_key()
-    anchor = install_trusted_root(layout.tuf_dir, trusted_root)
-    keystore.provision(TrustAnchors(anchor, list(release_keys)))
-    result = enroll(
-        config.server_url, enrollment_token, device_public_key_pem(keystore),
-        facts if facts is not None else device_facts(config.facts), list(config.tags),
-        session=session, timeout=(config.connect_timeout, config.read_timeout),
-    )
     mine = device_id(keystore)
+    poll_interval = _register(config, keystore, mine, enrollment_token, session, facts)
+    layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    install_trusted_root(layout.tuf_dir, trusted_root)
+    keystore.provision(anchors)
+    enr = Enrollment(mine, config.server_url, poll_interval)
+    atomic_write_bytes(layout.enrollment, json.dumps(enr.__dict__, indent=1).encode(), 0o600)
+    return enr
+
+
+def _register(config: Config, keystore: Keystore, mine: str, enrollment_token: str,
+              session: requests.Session | None, facts: dict[str, Any] | None) -> int:
+    """Register the device key at the server; return the poll interval it asks for."""
+    try:
+        result = enroll(
+            config.server_url, enrollment_token, device_public_key_pem(keystore),
+            facts if facts is not None else device_facts(config.facts), list(config.tags),
+            session=session, timeout=(config.connect_timeout, config.read_timeout),
+        )
+    except ServerRefusedError as exc:
+        if exc.code != "already_enrolled":
+            raise EnrollmentError(
+                f"the server refused the enrollment ({exc}); no trust anchors were written, so "
+                "you can run 'edge-updater enroll' again with a valid enrollment token") from exc
+        # The device id is derived from the key and the key never leaves this token: the
+        # device registered earlier is this one (an enrollment interrupted after the server
+        # accepted it). Finish it; the server sends the poll interval on the next check-in.
+        log.warning("the server already knows this device key (%s): finishing an earlier "
+                    "enrollment", mine)
+        return config.poll_interval
     if result.device_id != mine:
         raise EnrollmentError(
             f"the server registered device id {result.device_id}, but this device's key id is "
             f"{mine}: refusing a server that does not derive ids from the device key")
-    enr = Enrollment(mine, config.server_url, result.poll_interval)
-    atomic_write_bytes(layout.enrollment, json.dumps(enr.__dict__, indent=1).encode(), 0o600)
-    return enr
-
+    return result.poll_interval

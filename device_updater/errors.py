@@ -127,3 +127,38 @@ class ServerRefusedError(Error):
 
 class UpdateRefusedError(UntrustedDeviceInputError):
     """An offered update is refused: downgrade, wrong device, unmet requirements, bad signature."""
+
+
+# --- TUF client (raised by device_updater.tuf_client; here so pure code can name them) -------
+
+
+class TufError(Error):
+    """Base of the TUF client errors."""
+
+
+class TufTransportError(TufError, TransportError):
+    """Metadata or a target could not be downloaded (network, timeout, HTTP error): retry later."""
+
+
+class TufVerificationError(TufError, UntrustedDeviceInputError):
+    """Metadata or a target failed TUF verification (bad signature, rollback, wrong hash...)."""
+
+
+class MetadataExpiredError(TufVerificationError):
+    """Trusted metadata has expired: no new install until the repository re-signs it."""
+
+
+class TargetNotFoundError(TufVerificationError):
+    """The signed targets metadata does not list the requested target."""
+
+
+class TrustAnchorMismatchError(TufVerificationError):
+    """The root on disk is not the one whose SHA-256 is held in the device's token."""
+
+
+# --- install ---------------------------------------------------------------------------------
+
+
+class DeltaUnusableError(Error):
+    """The delta cannot rebuild the candidate on this device (no running model, or the delta
+    is based on another version): install the full bundle instead."""

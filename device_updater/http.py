@@ -56,8 +56,8 @@ def request_deadline(timeout: tuple[float, float]) -> float:
 
 
 __all__ = [
-    "BadResponseError", "DeviceAuth", "DeviceClient", "ServerRefusedError", "TransportError",
-    "enroll",
+    "BadResponseError", "DeviceAuth", "DeviceClient", "RateLimitedError", "ServerRefusedError",
+    "TransportError", "enroll", "retry_after_seconds",
 ]
 
 
@@ -68,6 +68,27 @@ class ServerRefusedError(errors.ServerRefusedError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class RateLimitedError(TransportError):
+    """The server said 429 (a quota or throttle): keep the data queued and retry after
+    ``retry_after_s`` seconds (from ``Retry-After``, clamped to 1 s .. 1 h)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+MAX_RETRY_AFTER_S = 3600.0  # a hostile server must not silence the device for longer
+DEFAULT_RETRY_AFTER_S = 60.0
+
+
+def retry_after_seconds(value: str | None) -> float:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds; anything else: 60 s)."""
+    text = (value or "").strip()
+    if not text.isdigit() or len(text) > 9:
+        return DEFAULT_RETRY_AFTER_S
+    return min(MAX_RETRY_AFTER_S, max(1.0, float(text)))
 
 
 class BadResponseError(UntrustedDeviceInputError):
@@ -153,13 +174,14 @@ def _request(
                     f"{method} {url}: no complete answer within {limit:.0f} s") from exc
             if isinstance(exc, TransportError):
                 raise
-            if isinstance(exc, requests.Timeout):
-                raise TransportError(f"{method} {url}: timed out") from exc
-            raise TransportError(
-                f"{method} {url}: cannot reach the server ({exc.__class__.__name__})") from exc
+            raise TransportError(f"{method} {url}: {describe_transport_error(exc)}") from exc
     status = resp.status_code
-    if status >= 500 or status == 429:
-        raise TransportError(f"{method} {url}: server error {status}")
+    if status == 429:
+        wait = retry_after_seconds(resp.headers.get("Retry-After"))
+        raise RateLimitedError(f"{method} {url}: server asks to slow down; retry in {wait:.0f} s",
+                               retry_after_s=wait)
+    if status >= 500:
+        raise TransportError(f"{method} {url}: server error (HTTP {status}{_reason(resp)})")
     if status >= 400:
         code, message = "", data[:200].decode("utf-8", "replace")
         try:
@@ -177,6 +199,35 @@ def _request(
         raise BadResponseError(f"{method} {url}: answer is not JSON") from exc
     except RecursionError as exc:  # 1 MiB of "[" is valid-looking JSON nested past the stack
         raise BadResponseError(f"{method} {url}: answer is nested too deeply") from exc
+
+
+def describe_transport_error(exc: requests.RequestException) -> str:
+    """Why the server could not be reached, in words an operator can act on (the class name
+    alone, e.g. ``ConnectionError``, does not tell a refused port from a DNS or TLS failure)."""
+    # The order matters: ConnectTimeout is also a ConnectionError, SSLError too.
+    if isinstance(exc, requests.exceptions.SSLError):
+        what = "TLS handshake failed (certificate or protocol problem)"
+    elif isinstance(exc, requests.exceptions.ConnectTimeout):
+        what = "timed out connecting to the server"
+    elif isinstance(exc, requests.Timeout):
+        what = "timed out waiting for the server's answer"
+    elif isinstance(exc, requests.ConnectionError):
+        text = str(exc).lower()
+        if "refused" in text:
+            what = "connection refused (is the server running, is the URL's port right?)"
+        elif "name or service not known" in text or "resolve" in text or "nodename" in text:
+            what = "the server's host name does not resolve"
+        elif "unreachable" in text:
+            what = "network unreachable"
+        else:
+            what = "cannot reach the server (connection failed)"
+    else:
+        what = "cannot reach the server"
+    return f"{what} [{exc.__class__.__name__}]"
+
+
+def _reason(resp: requests.Response) -> str:
+    return f" {resp.reason}" if resp.reason else ""
 
 
 @contextmanager
@@ -221,17 +272,32 @@ class DeviceClient:
         *,
         session: requests.Session | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.auth = auth
         self.session = watch_session(session or requests.Session())
         self.timeout = timeout
         self.requests_made = 0
+        self._clock = clock
+        # Per endpoint: after a 429 the endpoint stays quiet until then (the callers keep their
+        # queue: a RateLimitedError is a TransportError), so a quota on events does not stop
+        # check-ins and the device does not hammer a server that asked it to wait.
+        self._quiet_until: dict[str, float] = {}
 
     def _call(self, method: str, path: str, payload: Mapping[str, Any] | None = None) -> Any:
+        now = self._clock()
+        until = self._quiet_until.get(path, 0.0)
+        if now < until:
+            raise RateLimitedError(f"{method} {path}: waiting {until - now:.0f} s more, as the "
+                                   "server asked (Retry-After)", retry_after_s=until - now)
         self.requests_made += 1
-        return _request(self.session, method, _join(self.server_url, path), payload=payload,
-                        auth=self.auth, timeout=self.timeout)
+        try:
+            return _request(self.session, method, _join(self.server_url, path), payload=payload,
+                            auth=self.auth, timeout=self.timeout)
+        except RateLimitedError as exc:
+            self._quiet_until[path] = now + exc.retry_after_s
+            raise
 
     @property
     def _base(self) -> str:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from device_updater.errors import Error
+from device_updater.errors import DeltaUnusableError as DeltaUnusableError  # re-exported
 from device_updater.slots import (
     ModelSummary,
     ReleaseEvidence,
@@ -21,21 +21,20 @@ from device_updater.slots import (
     SlotStore,
     export_path,
 )
-from edgepkg.bundle import BundleInfo, BundleReader
+from edgepkg.bundle import BundleInfo, BundleReader, DataKeySource
 
 log = logging.getLogger("edge_updater")
 
 
-class DeltaUnusableError(Error):
-    """The delta cannot rebuild the candidate on this device (no running model, or the delta
-    is based on another version): install the full bundle instead."""
-
-
 def install_full(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: Path, *,
-                 keys: list[Any], trusted: list[Any]) -> SlotInfo:
+                 keys: list[Any], trusted: list[Any],
+                 data_key_source: DataKeySource | None = None) -> SlotInfo:
     """Decrypt a verified full bundle straight into ``slot``: one pass (decrypt, zstd, SHA-256
-    and at-rest sealing as chunks stream), checked against the signed ``candidate`` on commit."""
-    reader = BundleReader(bundle, keys=keys, trusted_keys=trusted)
+    and at-rest sealing as chunks stream), checked against the signed ``candidate`` on commit.
+    ``data_key_source`` (a key grant, :func:`edgepkg.grants.grant_key_source`) is used instead
+    of ``keys`` when the device is not a direct recipient of the bundle."""
+    reader = BundleReader(bundle, keys=keys, trusted_keys=trusted,
+                          data_key_source=data_key_source)
     return slots.write(candidate, reader.chunks(), slot=slot, release=_evidence(reader.info))
 
 
@@ -46,7 +45,8 @@ def _evidence(info: BundleInfo) -> ReleaseEvidence:
 
 def install_delta(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: Path, *,
                   keys: list[Any], trusted: list[Any], workdir: Path,
-                  runtime_dir: Path | None = None) -> SlotInfo:
+                  runtime_dir: Path | None = None,
+                  data_key_source: DataKeySource | None = None) -> SlotInfo:
     """Rebuild ``candidate`` from the active model and a verified delta bundle into ``slot``.
 
     The (small) patch is decrypted into ``workdir`` (tmpfs). The base is the active model's
@@ -63,7 +63,8 @@ def install_delta(slots: SlotStore, slot: str, candidate: ModelSummary, bundle: 
     if active is None:
         raise DeltaUnusableError("no active model to apply a delta to")
     patch = workdir / "patch"
-    reader = BundleReader(bundle, keys=keys, trusted_keys=trusted)
+    reader = BundleReader(bundle, keys=keys, trusted_keys=trusted,
+                          data_key_source=data_key_source)
     with open(patch, "wb") as fh:
         os.fchmod(fh.fileno(), 0o600)
         fh.writelines(reader.chunks())

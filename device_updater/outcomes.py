@@ -15,10 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from device_updater.errors import SlotError, TransportError, UntrustedDeviceInputError
-from device_updater.install import DeltaUnusableError
+from device_updater.errors import (
+    DeltaUnusableError,
+    MetadataExpiredError,
+    SlotError,
+    TransportError,
+    TufVerificationError,
+    UntrustedDeviceInputError,
+)
 from device_updater.state import Event, FallBackToFull, Phase, Reject, Retry
-from device_updater.tuf_client import MetadataExpiredError, TufVerificationError
 from edgepkg.errors import (
     BundleError,
     DeltaError,
@@ -26,6 +31,7 @@ from edgepkg.errors import (
     TooLargeError,
     UntrustedInputError,
 )
+from edgepkg.grants import GrantExpiredError
 
 
 class Action(StrEnum):
@@ -47,6 +53,10 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
+    # The key grant expired before the install used it: keep the state; the next check-in
+    # brings a fresh grant (GrantsRenewed), and the install resumes where it stopped.
+    Rule((GrantExpiredError,), Action.WAIT, Action.WAIT, Action.RAISE,
+         "key grant expired", report=False),
     # Wrong device: the full bundle would not be for us either.
     Rule((NotARecipientError,), Action.REJECT, Action.REJECT, Action.RAISE,
          "bundle is not encrypted for this device"),

@@ -92,6 +92,7 @@ __all__ = [
     "TrustedKeys",
     "export_path",
     "other_slot",
+    "remove_stale_exports",
 ]
 
 MAX_META_BYTES = 64 * 1024
@@ -310,7 +311,7 @@ class SlotStore:
         info = self._require(name)
         runtime_dir = Path(runtime_dir)
         runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _remove_stale_exports(runtime_dir)
+        remove_stale_exports(runtime_dir)
         dest = export_path(info, runtime_dir)
         # Written in a private ``.export-<pid>-*`` dir, then renamed into place: a process killed
         # mid-export leaves no plaintext beside the app's model that nobody would clean up.
@@ -330,7 +331,7 @@ class SlotStore:
         """Export like :meth:`export_plaintext` into a private sub-directory; delete it afterwards
         (what validation uses to give a runner a model file)."""
         runtime_dir = Path(runtime_dir)
-        _remove_stale_exports(runtime_dir)
+        remove_stale_exports(runtime_dir)
         sub = runtime_dir / f".export-{os.getpid()}-{name or 'active'}"
         try:
             yield self.export_plaintext(name, sub)
@@ -417,7 +418,7 @@ def _remove_tree(sub: Path) -> None:
         sub.rmdir()
 
 
-def _remove_stale_exports(runtime_dir: Path) -> None:
+def remove_stale_exports(runtime_dir: Path) -> None:
     """Remove plaintext exports left by a process that died (its pid no longer exists)."""
     if not runtime_dir.is_dir():
         return

@@ -26,10 +26,12 @@ from device_updater.config import Config
 from device_updater.enrollment import Enrollment
 from device_updater.errors import Error, ServerRefusedError, SlotError, UpdateRefusedError
 from device_updater.events import EventQueue, make_event
+from device_updater.grants import grant_source
 from device_updater.http import DeviceAuth, DeviceClient
 from device_updater.install import install_delta, install_full
 from device_updater.keystore import Keystore, TrustAnchors
 from device_updater.layout import Layout, workdir
+from device_updater.recovery import holds_abandoned_candidate
 from device_updater.slots import BundleSealer, ModelSummary, SlotInfo, SlotStore, other_slot
 from device_updater.state import (
     Committed,
@@ -156,12 +158,18 @@ class UpdateSteps:
         """Side effects of an outcome reached by an event: discard the abandoned candidate
         (never the active slot) and report the outcome."""
         if new.phase in (Phase.REJECTED, Phase.ROLLED_BACK) and before.slot is not None:
-            slots = self.slots(model)
-            if before.slot != slots.active_name():
-                with contextlib.suppress(SlotError):
-                    slots.discard(before.slot)
+            self._discard_candidate(model, before)
         if new.phase in _OUTCOME_EVENTS:
             self._outcome_event(new, reason=new.reason, phase=before.phase.value)
+
+    def _discard_candidate(self, model: str, st: UpdateState) -> None:
+        """Empty the abandoned candidate's slot if it holds the candidate or an interrupted write
+        of it; a slot the candidate never started writing keeps the previous good version."""
+        slots = self.slots(model)
+        if (st.slot is not None and st.slot != slots.active_name()
+                and holds_abandoned_candidate(slots.view(), st.slot, st.candidate)):
+            with contextlib.suppress(SlotError):
+                slots.discard(st.slot)
 
     def _reject(self, model: str, st: UpdateState, reason: str) -> UpdateState:
         new = self._apply(model, st, Reject(reason, active=self.slots(model).active_name()))
@@ -177,9 +185,7 @@ class UpdateSteps:
         new = self._apply(model, st, RollBack(reason, active=active))
         if new.expected_active and new.expected_active != active:
             slots.switch_to(new.expected_active)
-        if st.slot is not None and st.slot != slots.active_name():
-            with contextlib.suppress(SlotError):
-                slots.discard(st.slot)
+        self._discard_candidate(model, st)
         self._export_active(model)
         self._outcome_event(new, reason=reason)
         log.warning("rolled back", extra={"model": model, "version": st.version,
@@ -249,7 +255,8 @@ class UpdateSteps:
         active = self.slots(model).active()
         summary = check_bundle(
             info, st, active, delta=st.delta_target is not None, facts=self.facts,
-            my_key_id=public_key_id(self.keystore.recipient_key().public_key()))
+            my_key_id=public_key_id(self.keystore.recipient_key().public_key()),
+            granted=name in st.key_grants)
         if active is not None:
             self.check_signed_downgrade(model, info.manifest.version, active)
         return path, summary
@@ -283,12 +290,19 @@ class UpdateSteps:
         keys = [self.keystore.recipient_key()]
         trusted = self.anchors().public_keys()
         path, _ = self._verified_bundle(model, st)
+        name = st.delta_target or st.target
+        assert name is not None
+        # Not a direct recipient: the key grant sent with the assignment opens the data key.
+        source = grant_source(st.key_grants, name, self._fetch_verified(name)[1], keys[0],
+                              self.clock())
         if st.delta_target is not None:
             with workdir(self.config.runtime_dir) as work:
                 install_delta(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted,
-                              workdir=work, runtime_dir=self.config.runtime_dir)
+                              workdir=work, runtime_dir=self.config.runtime_dir,
+                              data_key_source=source)
         else:
-            install_full(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted)
+            install_full(slots, st.slot, st.candidate, path, keys=keys, trusted=trusted,
+                         data_key_source=source)
         new_state = self._apply(model, st, Installed())
         self._event("installed", new_state, slot=st.slot,
                     method="delta" if st.delta_target else "full")

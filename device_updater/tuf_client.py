@@ -31,7 +31,15 @@ from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
 from device_updater._deadline import deadline, expired, watch_session
-from device_updater.errors import Error, TransportError, UntrustedDeviceInputError
+
+# The error classes live in device_updater.errors so that the pure failure table
+# (device_updater.outcomes) can name them without importing tuf and requests.
+from device_updater.errors import MetadataExpiredError as MetadataExpiredError
+from device_updater.errors import TargetNotFoundError as TargetNotFoundError
+from device_updater.errors import TrustAnchorMismatchError as TrustAnchorMismatchError
+from device_updater.errors import TufError as TufError
+from device_updater.errors import TufTransportError as TufTransportError
+from device_updater.errors import TufVerificationError as TufVerificationError
 from device_updater.http import DeviceAuth
 from edgepkg._atomic import atomic_write_bytes
 
@@ -42,30 +50,6 @@ MAX_ROOT_BYTES = 512 * 1024
 # A download may take connect + 2 x read timeout, plus its signed length at this floor rate: a
 # server trickling bytes inside the read timeout cannot hold the update cycle forever.
 MIN_DOWNLOAD_RATE = 16 * 1024  # bytes per second
-
-
-class TufError(Error):
-    """Base of the TUF client errors."""
-
-
-class TufTransportError(TufError, TransportError):
-    """Metadata or a target could not be downloaded (network, timeout, HTTP error): retry later."""
-
-
-class TufVerificationError(TufError, UntrustedDeviceInputError):
-    """Metadata or a target failed TUF verification (bad signature, rollback, wrong hash...)."""
-
-
-class MetadataExpiredError(TufVerificationError):
-    """Trusted metadata has expired: no new install until the repository re-signs it."""
-
-
-class TargetNotFoundError(TufVerificationError):
-    """The signed targets metadata does not list the requested target."""
-
-
-class TrustAnchorMismatchError(TufVerificationError):
-    """The root on disk is not the one whose SHA-256 is held in the device's token."""
 
 
 def _translate(exc: Exception, what: str) -> TufError:

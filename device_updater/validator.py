@@ -39,8 +39,8 @@ def accept_all_validator(slots: SlotStore, candidate_slot: str, candidate: Model
 
 
 class HoldoutValidator:
-    """H6's validation: candidate and current model measured on the holdout set in a child
-    process each (time-limited), the current one cached per version; the signed policy decides.
+    """The quality gate: candidate and running model measured on the holdout set in a
+    time- and memory-limited child process; the signed policy decides.
 
     The plaintext models are exported to a private directory under the runtime dir (tmpfs)
     and removed afterwards. A runner crash, a timeout or a missing runtime rejects the candidate.
@@ -57,36 +57,18 @@ class HoldoutValidator:
 
     def __call__(self, slots: SlotStore, candidate_slot: str, candidate: ModelSummary,
                  current: SlotInfo | None) -> ValidationOutcome:
-        from device_updater import validation as v
+        # The whole gate (docs/validation.md): both models measured live in one worker so the
+        # latency comparison is interleaved; per-class, slice, I/O-contract and resource rules.
         from device_updater.errors import ValidationError
+        from device_updater.validation.device import validate_slots
 
         try:
-            policy = v.Policy.from_mapping(candidate.policy)
-            holdout = v.load_holdout(self.holdout_path)
-            runner = v.runner_for(candidate.format, external=self.external)
-            with slots.exported(candidate_slot, self.runtime_dir) as path:
-                cand = v.measure(path, candidate.format, holdout, timeout=self.timeout,
-                                 runner=runner, metric=policy.metric, version=candidate.version,
-                                 sha256=candidate.sha256)
-            cur = None
-            if current is not None:
-                def produce() -> v.ValidationResult:
-                    assert current is not None
-                    with slots.exported(current.name, self.runtime_dir) as cpath:
-                        return v.measure(cpath, current.format, holdout, timeout=self.timeout,
-                                         runner=v.runner_for(current.format,
-                                                             external=self.external),
-                                         metric=policy.metric)
-                try:
-                    cur = v.ResultCache(self.cache_path).get_or_measure(
-                        current.version, current.sha256, holdout, produce, metric=policy.metric)
-                except ValidationError as exc:
-                    log.warning("current model could not be measured", extra={"error": str(exc)})
-            decision = v.evaluate_policy(cand, cur, policy)
+            accepted, reasons, details = validate_slots(
+                slots, candidate_slot, candidate, current, holdout_path=self.holdout_path,
+                runtime_dir=self.runtime_dir, timeout=self.timeout, external=self.external)
         except ValidationError as exc:
             return ValidationOutcome(False, [str(exc)])
-        return ValidationOutcome(decision.accepted, list(decision.reasons),
-                                 {"values": decision.values})
+        return ValidationOutcome(accepted, reasons, details)
 
 
 def make_validator(config: Config) -> Validator:

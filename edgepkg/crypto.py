@@ -381,3 +381,54 @@ def device_public_pem(private_key: DevicePrivateKey) -> str:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
+
+
+# --- packaging pipeline ----------------------------------------------------------------------
+# Records of the chunked payload ("zstd-chunked" bundles): each chunk is sealed like a STREAM
+# chunk (same nonce: index + last flag) and its kind (zstd frame or stored raw) is appended to the
+# associated data, so flipping a chunk's raw flag fails authentication like any other change.
+# Both classes are safe to share between threads (each call makes its own cipher context), so a
+# worker pool can seal or open chunks while another thread reads or writes.
+
+
+class RecordSealer:
+    """Seal chunk ``index`` (``last`` marks the final one) of kind ``kind`` (0..255)."""
+
+    def __init__(self, data_key: bytes, aad: bytes) -> None:
+        if len(data_key) != DATA_KEY_BYTES:
+            raise KeyError_(f"a data key is {DATA_KEY_BYTES} bytes, got {len(data_key)}")
+        self._aead = AESGCM(data_key)
+        self._aad = aad
+
+    def seal(self, index: int, last: bool, kind: int, data: bytes) -> bytes:
+        return self._aead.encrypt(_chunk_nonce(index, last), data, self._aad + bytes([kind]))
+
+
+class RecordOpener:
+    """Open what :class:`RecordSealer` sealed; every failure is a typed, actionable error."""
+
+    def __init__(self, data_key: bytes, aad: bytes) -> None:
+        if len(data_key) != DATA_KEY_BYTES:
+            raise TamperedError("the data key has the wrong length")
+        self._aead = AESGCM(data_key)
+        self._aad = aad
+
+    def open(self, index: int, last: bool, kind: int, sealed: bytes) -> bytes:
+        aad = self._aad + bytes([kind])
+        try:
+            return self._aead.decrypt(_chunk_nonce(index, last), sealed, aad)
+        except InvalidTag:
+            pass
+        if last:  # authenticates as *not* last, and nothing follows: cut at a chunk boundary
+            try:
+                self._aead.decrypt(_chunk_nonce(index, False), sealed, aad)
+            except InvalidTag:
+                pass
+            else:
+                raise TruncatedError(
+                    f"payload was cut after chunk {index}: the last chunk is missing"
+                ) from None
+        raise TamperedError(
+            f"payload chunk {index} failed authentication (modified, reordered, its raw/compressed "
+            "flag changed, or from another bundle)"
+        ) from None

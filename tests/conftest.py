@@ -3,5 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.softhsm",
+    "tests.fixtures.swtpm",
     "tests.fixtures.postgres",
 ]

@@ -11,16 +11,20 @@ from flask import Flask, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from edgepkg.errors import ProtocolError
-from update_server import metrics, openapi
+from update_server import metrics, openapi, web_hygiene
 from update_server.access import require_credentials
 from update_server.alerts import api as alerts_api
 from update_server.config import ServerConfig, load_config
 from update_server.dashboard import views as dashboard
 from update_server.db import Database, utcnow
 from update_server.devices import api as devices_api
-from update_server.errors import Error
+from update_server.devices import fleet_versions
+from update_server.errors import Error, TooManyRequestsError
+from update_server.grants import api as grants_api
+from update_server.grants import service as grants_service
 from update_server.operators import api as operator_api
 from update_server.operators import auth
 from update_server.rollouts import api as rollouts_api
@@ -32,8 +36,11 @@ log = logging.getLogger("update_server")
 
 csrf = CSRFProtect()
 
-def _error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+
+def _error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    if field is None:
+        return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": message, "field": field}}
 
 
 def _wants_html() -> bool:
@@ -50,12 +57,16 @@ def _register_errors(app: Flask) -> None:
     def handle_error(exc: Error) -> ResponseReturnValue:
         if exc.status >= 500:
             log.error("server error: %s", exc.message)
-        return jsonify(_error_body(exc.code, exc.message)), exc.status
+        resp = jsonify(_error_body(exc.code, exc.message, exc.field))
+        resp.status_code = exc.status
+        if isinstance(exc, TooManyRequestsError):
+            resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp
 
     @app.errorhandler(ProtocolError)
     def handle_protocol(exc: ProtocolError) -> ResponseReturnValue:
         # A device message that breaks the contract: 400 with the contract's reason code.
-        return jsonify(_error_body(exc.code, str(exc))), 400
+        return jsonify(_error_body(exc.code, str(exc), getattr(exc, "field", None))), 400
 
     @app.errorhandler(CSRFError)
     def handle_csrf(exc: CSRFError) -> ResponseReturnValue:
@@ -78,12 +89,17 @@ def _register_errors(app: Flask) -> None:
 
 
 def _csrf_guard() -> None:
-    """CSRF-check cookie-authenticated state changes (HTML forms); the API takes no cookies."""
+    """CSRF-check every state change outside the API that a cookie could authenticate.
+
+    Skipped only where no cookie counts: the API (bearer only) and a request whose operator was
+    authenticated by a non-empty ``Authorization`` header (a browser never adds one cross-site).
+    The mere presence of the header is not enough: an empty one falls back to the session.
+    """
     if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
         return
     if request.path.startswith("/api/") or request.path.startswith("/tuf/"):
         return
-    if "Authorization" in request.headers:
+    if auth.authenticated_by_header():
         return
     csrf.protect()
 
@@ -111,18 +127,27 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if cfg.proxy_hops:
+        # Behind nginx: the client address (login throttling, logs) is the proxy's
+        # X-Forwarded-For entry, trusted for exactly that many hops and no more.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=cfg.proxy_hops, x_proto=cfg.proxy_hops
+        )
     db = Database(pool_size=cfg.db_pool_size, pool_pre_ping=cfg.db_pool_pre_ping)
     db.init_app(app)
     Services(
         config=cfg,
         releases=ReleaseCache(cfg.repo_dir, release_reader),
         clock=clock or utcnow,
-        openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS},
+        openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS,
+                       **fleet_versions.OPENAPI_PATHS, **grants_api.OPENAPI_PATHS},
     ).install(app)
+    grants_service.init_app(app, cfg)
     metrics.init_app(app)
     rollouts_api.register_metrics(app)
-    # Hooks run in this order: metrics (so refused requests are counted too), credentials
-    # (deny by default), then CSRF (for the state-changing forms of a signed-in operator).
+    # Hooks run in this order: metrics (so refused requests are counted too), hostile text,
+    # credentials (deny by default), then CSRF (for the state-changing forms of an operator).
+    web_hygiene.init_app(app)  # strict path/query/form text first, security headers on all
     app.before_request(require_credentials)
     csrf.init_app(app)
     app.before_request(_csrf_guard)
@@ -132,9 +157,11 @@ def create_app(
         operator_api.bp,
         rollouts_api.bp,
         alerts_api.bp,
+        grants_api.bp,
         dashboard.bp,
         tuf_files.bp,
         openapi.bp,
+        fleet_versions.bp,
     ):
         app.register_blueprint(blueprint)
     _register_errors(app)

@@ -1,8 +1,9 @@
 """``edgepkg-server``: database migrations, the production server, operator credentials.
 
     edgepkg-server [--config FILE] [--database-url URL] init-db|migrate
-    edgepkg-server run [--bind 0.0.0.0:8080] [--workers N] [--worker-class gthread|sync]
-        [--threads 4] [--keep-alive 75] [--no-access-log] [--migrate]
+    edgepkg-server run [--bind 0.0.0.0:8080] [--workers N] [--worker-class gevent|gthread|sync]
+        [--worker-connections 1000] [--threads 4] [--keep-alive 75] [--no-access-log]
+        [--migrate]
     edgepkg-server create-token --role admin|release|viewer --name NAME [--expires-in 90d]
     edgepkg-server create-user --username NAME --role ROLE
         (password from EDGEPKG_PASSWORD or stdin)
@@ -134,18 +135,29 @@ def cmd_create_enrollment(args: argparse.Namespace) -> int:
     return 0
 
 
+WORKER_CLASSES = ("gevent", "gthread", "sync")
+
+
 def gunicorn_argv(
     bind: str,
     workers: int,
     extra: Sequence[str] = (),
     *,
-    worker_class: str = "gthread",
+    worker_class: str = "gevent",
     threads: int = 4,
     keep_alive: int = 75,
     access_log: bool = True,
+    worker_connections: int = 1000,
 ) -> list[str]:
-    """The gunicorn command line. Default: ``gthread`` workers (a thread per connection, HTTP
-    keep-alive, so devices and a proxy reuse connections); ``sync`` closes every connection."""
+    """The gunicorn command line.
+
+    Default: ``gevent`` workers. Each connection is a greenlet, so a slow or idle client costs
+    a few KB of memory, not one of a handful of threads: 40 clients trickling headers or 200
+    idle keep-alive connections no longer starve health probes and devices (they did with
+    ``gthread``: 2 workers x 4 threads, one connection per thread). psycopg 3 notices gevent's
+    patched ``select`` and waits cooperatively; SQLite calls are short and local.
+    ``gthread`` (a thread per connection) and ``sync`` (one request per process) remain for
+    a deployment behind a buffering proxy (nginx), which absorbs slow clients itself."""
     argv = [
         sys.executable,
         "-m",
@@ -162,6 +174,8 @@ def gunicorn_argv(
     ]
     if worker_class == "gthread":
         argv += ["--threads", str(threads), "--keep-alive", str(keep_alive)]
+    elif worker_class == "gevent":
+        argv += ["--worker-connections", str(worker_connections), "--keep-alive", str(keep_alive)]
     if access_log:
         argv += ["--access-logfile", "-"]
     return [*argv, *extra]
@@ -188,6 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
         keep_alive=args.keep_alive,
         access_log=not args.no_access_log,
+        worker_connections=args.worker_connections,
     )
     os.execve(sys.executable, argv, env)
     return 0  # pragma: no cover
@@ -224,9 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--worker-class",
-        choices=("gthread", "sync"),
-        default="gthread",
-        help="gthread (default): threads + keep-alive; sync: one request per process",
+        choices=WORKER_CLASSES,
+        default="gevent",
+        help="gevent (default): a greenlet per connection, so slow or idle clients cannot "
+        "starve the server; gthread: threads + keep-alive; sync: one request per process",
+    )
+    s.add_argument(
+        "--worker-connections",
+        type=int,
+        default=1000,
+        help="open connections per gevent worker (default %(default)s)",
     )
     s.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
     s.add_argument(

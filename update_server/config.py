@@ -6,6 +6,8 @@ Precedence: defaults < TOML file < environment < explicit overrides. Example TOM
     repo_dir = "/srv/edgepkg/repo"
     poll_interval = 180
     secret_key = "..."            # or EDGEPKG_SERVER_SECRET_KEY
+    key_service_key = "pkcs11:token=keysvc;object=key-service;type=private?pin-source=env:PIN"
+    grant_lifetime_s = 604800     # key grants last 7 days (docs/operator.md, "Key service")
 
 Environment: ``EDGEPKG_SERVER_DATABASE_URL``, ``EDGEPKG_SERVER_REPO_DIR``,
 ``EDGEPKG_SERVER_POLL_INTERVAL`` ... (the field name upper-cased); ``EDGEPKG_SERVER_CONFIG`` names
@@ -44,7 +46,29 @@ class ServerConfig:
     db_pool_pre_ping: bool = False
     session_cookie_secure: bool = False
     metrics_public: bool = False
+    # Key service (update_server.grants): the P-256 key bundles are packaged for with
+    # ``edgepkg package --key-service``; a pkcs11: URI (production) or a PEM path (development
+    # only, warned at start-up). Empty: no grants, devices must be direct recipients.
+    key_service_key: str = ""
+    grant_lifetime_s: int = 7 * 86400
     testing: bool = False
+    # Login throttling (operators/throttle.py): free failures per username / per address,
+    # then a lockout of base * 2**(extra failures) seconds, capped; counters reset after window.
+    login_user_free_failures: int = 5
+    login_ip_free_failures: int = 20
+    login_lockout_base_s: int = 2
+    login_lockout_max_s: int = 3600
+    login_failure_window_s: int = 900
+    # Per-device quotas (devices/quotas.py); 0 switches a limit off.
+    device_events_per_minute: int = 1200
+    device_events_per_day: int = 50000
+    device_event_bytes_per_day: int = 64 * 1024 * 1024
+    device_telemetry_per_minute: int = 120
+    device_telemetry_per_day: int = 20000
+    device_telemetry_bytes_per_day: int = 64 * 1024 * 1024
+    # Reverse proxies in front that set X-Forwarded-For/-Proto (nginx: 1). 0 trusts none, so
+    # the client address of throttling is the socket peer.
+    proxy_hops: int = 0
 
     def __post_init__(self) -> None:
         if self.poll_interval < 1:
@@ -55,18 +79,47 @@ class ServerConfig:
             raise ConfigError("signature_window_s must be between 1 and 3600")
         if self.max_events_per_batch < 1:
             raise ConfigError("max_events_per_batch must be at least 1")
+        if not 300 <= self.grant_lifetime_s <= 366 * 86400:
+            raise ConfigError("grant_lifetime_s must be between 300 seconds and 366 days")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{f.name} must not be negative (got {value})")
+        if 0 < self.device_events_per_minute < self.max_events_per_batch:
+            raise ConfigError(
+                "device_events_per_minute must be 0 (off) or at least max_events_per_batch, "
+                "or a full batch could never be accepted"
+            )
+        if self.login_user_free_failures < 1 or self.login_ip_free_failures < 1:
+            raise ConfigError("login_*_free_failures must be at least 1")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
 
 
+_INT_MAX = 2**63 - 1
+
+
 def _coerce(name: str, value: Any) -> Any:
+    """One field's value from TOML, the environment or an override, checked as strictly as API
+    input: ints in the signed 64-bit range, strings without NUL or lone surrogates."""
     field_type = str(_FIELDS[name].type)
     try:
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("contains a NUL character")
+            value.encode("utf-8")  # a lone surrogate (from os.environ's surrogateescape) fails
         if field_type == "int":
             if isinstance(value, bool):
                 raise ValueError("boolean")
-            return int(value)
+            if isinstance(value, float):
+                raise ValueError("expected an integer, got a number with a fraction or NaN")
+            if isinstance(value, str) and len(value.strip()) > 19:
+                raise ValueError("integer out of range")
+            n = int(value)
+            if not -_INT_MAX - 1 <= n <= _INT_MAX:
+                raise ValueError("integer out of range")
+            return n
         if field_type == "bool":
             if isinstance(value, bool):
                 return value
@@ -81,7 +134,7 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {type(value).__name__}")
         return value
-    except ValueError as exc:
+    except (ValueError, UnicodeError) as exc:
         raise ConfigError(f"config value {name!r} is invalid: {exc}") from None
 
 

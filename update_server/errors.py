@@ -14,9 +14,12 @@ class Error(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field  # the input field at fault, echoed in the JSON error when known
         if code is not None:
             self.code = code
 
@@ -74,3 +77,14 @@ class RangeNotSatisfiableError(Error):
 
     status = 416
     code = "range_not_satisfiable"
+
+
+class TooManyRequestsError(Error):
+    """A throttle or quota says "not now": answered 429 with ``Retry-After`` (whole seconds)."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = max(1, int(retry_after_s))

@@ -32,6 +32,7 @@ ERRORS = {
     "403": _json(_ref("Error"), "Not allowed"),
     "404": _json(_ref("Error"), "Not found"),
     "413": _json(_ref("Error"), "Body too large"),
+    "429": _json(_ref("Error"), "Quota or throttle: retry after the Retry-After seconds"),
 }
 DEVICE_SEC: list[dict[str, list[str]]] = [{"deviceSignature": []}]
 OPERATOR_SEC: list[dict[str, list[str]]] = [{"operatorToken": []}]
@@ -77,7 +78,11 @@ SCHEMAS: dict[str, Any] = {
             "error": {
                 "type": "object",
                 "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string", "description": "the input field at fault"},
+                },
             }
         },
     },

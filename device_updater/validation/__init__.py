@@ -7,6 +7,14 @@ Public API::
     current = cache.get_or_measure(version, sha256, ...)              # ResultCache
     decision = evaluate_policy(result, current, manifest_policy)      # -> PolicyDecision
 
+The full quality gate (per-class, slices, I/O contract, memory, interleaved latency; the same
+code ``edge-updater validate`` runs)::
+
+    policy  = parse_device_policy(manifest_policy)
+    holdout = load_holdout(path, task=policy.task)
+    result  = run_gate(candidate_path, fmt, running_path, running_fmt, holdout, policy)
+    result.accepted, result.verdict.reasons, result.to_dict()
+
 ``measure`` raises a :class:`~device_updater.errors.ValidationError` subclass when no result can
 be produced (runner crashed / timed out / runtime missing / bad holdout); the daemon turns that
 into a REJECTED candidate with the message as the reason. The daemon itself never loads a model.
@@ -25,8 +33,15 @@ import numpy as np
 
 from device_updater._fsutil import atomic_write_json, file_lock, read_limited
 from device_updater.errors import ValidationError
+from device_updater.validation.gate import GateResult, ModelRun, run_gate, run_model
 from device_updater.validation.holdout import Holdout, load_holdout, make_holdout
-from device_updater.validation.policy import Policy, PolicyDecision, evaluate_policy
+from device_updater.validation.judge import Check, Verdict
+from device_updater.validation.policy import (
+    Policy,
+    PolicyDecision,
+    evaluate_policy,
+    parse_device_policy,
+)
 from device_updater.validation.result import (
     METRICS,
     ValidationResult,
@@ -44,18 +59,25 @@ from device_updater.validation.runners import (
 __all__ = [
     "METRICS",
     "BuiltinRunner",
+    "Check",
     "ExternalCommandRunner",
+    "GateResult",
     "Holdout",
+    "ModelRun",
     "Policy",
     "PolicyDecision",
     "ResultCache",
     "RunOutput",
     "Runner",
     "ValidationResult",
+    "Verdict",
     "evaluate_policy",
     "load_holdout",
     "make_holdout",
     "measure",
+    "parse_device_policy",
+    "run_gate",
+    "run_model",
     "runner_for",
 ]
 
@@ -132,7 +154,7 @@ class ResultCache:
     def get_or_measure(self, version: str, sha256: str, holdout: Holdout,
                        produce: Callable[[], ValidationResult],
                        metric: str = "top1_accuracy") -> ValidationResult:
-        """Cached result, or ``produce()`` (e.g. export the active slot and ``measure``) and cache."""
+        """Cached result, or ``produce()`` (e.g. export the active slot and ``measure``), cached."""
         hit = self.get(version, sha256, holdout.digest, metric)
         if hit is not None:
             return hit

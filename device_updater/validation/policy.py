@@ -9,57 +9,43 @@ Policy (from the signed manifest, all keys optional)::
   0.02 = two accuracy points) below the current model's value on the same holdout;
 * ``max_latency_ratio``: the candidate's p95 latency must be <= ratio x the current model's.
 
+This is the old, single-result judgement (kept for the daemon's current call); the full gate
+with per-class, slice, I/O, memory and interleaved latency rules is
+:func:`device_updater.validation.gate.run_gate`, judged by :mod:`.judge`.
+
 Without a current model (first install, or the current model could not be measured) only the
 absolute checks apply, and ``reasons`` says so.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from device_updater.errors import PolicyError
-from device_updater.validation.result import METRICS, ValidationResult
+from device_updater.validation.result import ValidationResult
+from edgepkg.policy import POLICY_KEYS, PolicySchemaError, parse_policy
+from edgepkg.policy import Policy as _SchemaPolicy
 
-POLICY_KEYS = ("metric", "min", "max_regression", "max_latency_ratio")
+__all__ = ["POLICY_KEYS", "Policy", "PolicyDecision", "evaluate_policy", "parse_device_policy"]
 
 
-@dataclass(frozen=True)
-class Policy:
-    metric: str = "top1_accuracy"
-    min: float | None = None
-    max_regression: float | None = None
-    max_latency_ratio: float | None = None
+def parse_device_policy(data: Mapping[str, Any] | None) -> _SchemaPolicy:
+    """The signed policy (hostile input) parsed with the shared schema; raise PolicyError."""
+    try:
+        return parse_policy(data)
+    except PolicySchemaError as exc:
+        raise PolicyError(str(exc)) from None
+
+
+class Policy(_SchemaPolicy):
+    """The shared :class:`edgepkg.policy.Policy`; ``from_mapping`` raises the device's
+    :class:`PolicyError` (a ValidationError) so the daemon rejects the candidate with it."""
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> Policy:
-        """Parse a manifest policy (hostile input); raise :class:`PolicyError`."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise PolicyError("validation policy must be an object")
-        unknown = set(data) - set(POLICY_KEYS)
-        if unknown:
-            raise PolicyError(f"unknown validation policy keys {sorted(unknown)}")
-        metric = data.get("metric") or "top1_accuracy"
-        if metric not in METRICS:
-            raise PolicyError(f"unknown validation metric {metric!r}; this device measures "
-                              f"{sorted(METRICS)}")
-        values: dict[str, float | None] = {}
-        for key in ("min", "max_regression", "max_latency_ratio"):
-            v = data.get(key)
-            if v is None:
-                values[key] = None
-                continue
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
-                    or v < 0:
-                raise PolicyError(f"validation policy {key} must be a non-negative number")
-            values[key] = float(v)
-        if values["max_latency_ratio"] == 0:
-            raise PolicyError("validation policy max_latency_ratio must be > 0")
-        return cls(metric=str(metric), **values)
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> _SchemaPolicy:
+        return parse_device_policy(data)
 
 
 @dataclass(frozen=True)
@@ -75,7 +61,7 @@ def evaluate_policy(candidate: ValidationResult, current: ValidationResult | Non
 
     Raises :class:`PolicyError` for a malformed policy (callers reject the candidate then).
     """
-    p = policy if isinstance(policy, Policy) else Policy.from_mapping(policy)
+    p = policy if isinstance(policy, _SchemaPolicy) else parse_device_policy(policy)
     reasons: list[str] = []
     ok = True
     value = candidate.metrics.get(p.metric)
@@ -121,6 +107,11 @@ def evaluate_policy(candidate: ValidationResult, current: ValidationResult | Non
                                f"{p.max_latency_ratio:.2f}x")
             else:
                 reasons.append(f"p95 latency ratio {ratio:.2f}x <= {p.max_latency_ratio:.2f}x")
+    gate_only = [k for k in p.to_dict() if k not in ("metric", "min", "max_regression",
+                                                     "max_latency_ratio")]
+    if gate_only:
+        reasons.append(f"rules {gate_only} are checked only by the full gate "
+                       "(device_updater.validation.gate.run_gate), not by evaluate_policy")
     if p.min is None and p.max_regression is None and p.max_latency_ratio is None:
         reasons.append("no validation policy in the manifest: accepted")
     return PolicyDecision(ok, reasons, values)

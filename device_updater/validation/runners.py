@@ -43,13 +43,26 @@ from device_updater.errors import (
     RunnerFailedError,
     RunnerTimeoutError,
     RuntimeNotInstalledError,
+    UntrustedDeviceInputError,
+    ValidationError,
 )
 
 PROTOCOL = "edgepkg-runner-v1"
 EXIT_NOT_INSTALLED = 3
+EXIT_CONTRACT = 4
+EXIT_MEMORY = 5
 MAX_STDOUT = 8 << 20
 MAX_OUTPUT_BYTES = 512 << 20
 BUILTIN_FORMATS = ("onnx", "tflite", "tflm", "edgetpu", "tensorrt")
+
+
+class IoContractError(RunnerFailedError, UntrustedDeviceInputError):
+    """The holdout or the model's outputs do not fit the model's declared inputs/outputs
+    (dtype, shape, names): the gate rejects rather than cast or reshape."""
+
+
+class MemoryBudgetError(RunnerFailedError):
+    """The model needed more memory than the policy's budget allowed (the runner's limit)."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +91,12 @@ def _signal_name(num: int) -> str:
 
 
 def run_process(argv: Sequence[str], request: Mapping[str, Any], *, timeout: float,
-                env: Mapping[str, str] | None = None, what: str) -> tuple[str, float]:
-    """Run ``argv`` with ``request`` as JSON on stdin; return (stdout, wall seconds) or raise."""
+                env: Mapping[str, str] | None = None, what: str,
+                codes_known: bool = False) -> tuple[str, float]:
+    """Run ``argv`` with ``request`` as JSON on stdin; return (stdout, wall seconds) or raise.
+
+    ``codes_known``: the child is our worker, whose exit 4/5 mean an I/O contract break or an
+    exceeded memory budget (an external command's 4 or 5 is just a failure)."""
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -110,6 +127,10 @@ def run_process(argv: Sequence[str], request: Mapping[str, Any], *, timeout: flo
                                  + (f": {tail}" if tail else ""))
     if rc == EXIT_NOT_INSTALLED:
         raise RuntimeNotInstalledError(f"{what}: runtime not installed: {tail or 'exit 3'}")
+    special: dict[int, type[ValidationError]] = {EXIT_CONTRACT: IoContractError,
+                                                 EXIT_MEMORY: MemoryBudgetError}
+    if rc in special and codes_known:
+        raise special[rc](f"{what}: {tail or 'no message'}")
     if rc != 0:
         raise RunnerFailedError(f"{what} failed with exit status {rc}: {tail or 'no message'}")
     if len(out) > MAX_STDOUT:
@@ -148,7 +169,7 @@ def load_outputs(path: Path, what: str) -> np.ndarray:
     try:
         if path.stat().st_size > MAX_OUTPUT_BYTES:
             raise RunnerFailedError(f"{what} wrote more than {MAX_OUTPUT_BYTES} bytes of outputs")
-        return np.load(path, allow_pickle=False)
+        return np.asarray(np.load(path, allow_pickle=False))
     except FileNotFoundError:
         raise RunnerFailedError(f"{what} exited 0 but wrote no outputs") from None
     except (ValueError, OSError) as exc:
@@ -183,19 +204,44 @@ class BuiltinRunner:
         if fmt not in BUILTIN_FORMATS:
             raise RuntimeNotInstalledError(
                 f"no built-in runner for format {fmt!r}; configure an external runner command")
-        out_path = workdir / "outputs.npy"
+        obj, outs, wall = self.request(
+            {"mode": "run", "format": fmt, "model": str(model), "inputs": str(inputs)},
+            workdir, timeout=timeout, what=f"{fmt} runner")
+        if not outs:
+            raise RunnerFailedError(f"{fmt} runner: the model has no outputs")
+        # The old single-array view: the model's first output, stacked over samples as is.
+        outputs = outs[0]
+        return RunOutput(outputs, _latencies(obj, outputs.shape[0], wall),
+                         str(obj.get("runtime") or fmt), wall)
+
+    def request(self, req: Mapping[str, Any], workdir: Path, *, timeout: float, what: str,
+                options: Mapping[str, Any] | None = None,
+                ) -> tuple[dict[str, Any], list[np.ndarray], float]:
+        """One worker request; returns its JSON line, the output arrays (``o0``, ``o1``, ...)
+        or ``a_ms``/``b_ms`` for ABAB, and the wall time."""
+        out_path = workdir / f"outputs-{os.getpid()}-{time.monotonic_ns()}.npz"
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", "1")
         stdout, wall = run_process(
             [self.python, "-m", "device_updater.validation._worker"],
-            {"format": fmt, "model": str(model), "inputs": str(inputs),
-             "outputs": str(out_path), "options": dict(self.options)},
-            timeout=timeout, env=env, what=f"{fmt} runner",
+            {**dict(req), "outputs": str(out_path),
+             "options": {**dict(self.options), **dict(options or {})}},
+            timeout=timeout, env=env, what=what, codes_known=True,
         )
         obj = _last_json_line(stdout)
-        outputs = load_outputs(out_path, f"{fmt} runner")
-        return RunOutput(outputs, _latencies(obj, outputs.shape[0], wall),
-                         str(obj.get("runtime") or fmt), wall)
+        try:
+            if out_path.stat().st_size > MAX_OUTPUT_BYTES:
+                raise RunnerFailedError(f"{what} wrote more than {MAX_OUTPUT_BYTES} bytes")
+            with np.load(out_path, allow_pickle=False) as z:
+                keys = sorted(z.files, key=lambda k: (len(k), k))
+                arrays = [z[k] for k in keys]
+        except FileNotFoundError:
+            raise RunnerFailedError(f"{what} exited 0 but wrote no outputs") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise RunnerFailedError(f"{what} wrote unreadable outputs: {exc}") from None
+        finally:
+            out_path.unlink(missing_ok=True)
+        return obj, arrays, wall
 
 
 @dataclass(frozen=True)

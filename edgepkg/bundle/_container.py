@@ -13,7 +13,10 @@
     .       S     signature block (JSON: {"alg", "keyid", "sig" (base64)})
     .       2     recipient count R (1..1024)
     .       R x   [32 bytes key id][2 bytes length L][L bytes HPKE enc||ct]
-    .       P     payload (P = payload length): AES-256-GCM STREAM chunks (crypto.seal_chunks)
+    .       P     payload (P = payload length): sealed records, one per plaintext chunk, each a
+                  zstd frame or raw with its kind authenticated (manifest compression
+                  "zstd-chunked", see _chunks); bundles of earlier builds ("zstd") hold one
+                  zstd stream cut into AES-256-GCM STREAM chunks (crypto.seal_chunks)
     .       2     commitment block length C (<= 1 KiB)
     .       C     commitment block (JSON, see :class:`Commitment`), signed by the manifest signer
     .       32    trailer checksum: SHA-256(TRAILER_DOMAIN || C as 2 bytes || commitment block)

@@ -10,12 +10,12 @@ from typing import Any
 
 from edgepkg._json import loads_bounded
 from edgepkg.errors import BundleError, TooLargeError, UsageError
+from edgepkg.policy import PolicySchemaError, parse_policy
 from edgepkg.protocol import InvalidVersionError, is_version, version_key
 
 MANIFEST_SCHEMA = 1
 MAX_MANIFEST_BYTES = 1 << 20
 FORMATS = ("tensorrt", "edgetpu", "tflm", "tflite", "onnx", "raw")
-POLICY_KEYS = ("metric", "min", "max_regression", "max_latency_ratio")
 DELTA_KEYS = ("base_version", "base_sha256", "target_sha256", "target_length", "method")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -115,13 +115,20 @@ class Manifest:
         need(isinstance(self.created_at, str), "created_at")
         need(isinstance(self.requirements, dict), "requirements")
         need(isinstance(self.details, dict), "details")
-        need(self.compression == "zstd", "compression")
+        # "zstd-chunked": independent per-chunk frames or raw chunks (what this build writes);
+        # "zstd": one stream cut into chunks (earlier builds; still read).
+        need(self.compression in ("zstd", "zstd-chunked"), "compression")
         need(_is_int(self.chunk_size) and 1024 <= self.chunk_size <= 16 << 20, "chunk_size")
         need(isinstance(self.encryption, str), "encryption")
         need(all(isinstance(r, str) and _HEX64_RE.match(r) for r in self.recipients), "recipients")
         need(isinstance(self.signer, str) and bool(_HEX64_RE.match(self.signer)), "signer")
         if self.policy is not None:
-            need(isinstance(self.policy, dict) and set(self.policy) <= set(POLICY_KEYS), "policy")
+            need(isinstance(self.policy, dict), "policy")
+            try:
+                # Unknown metric names stay a device-side rejection, as for old manifests.
+                parse_policy(self.policy, strict_metric=False)
+            except PolicySchemaError as exc:
+                raise BundleError(f"manifest field policy is invalid: {exc}") from None
         if self.delta is not None:
             need(isinstance(self.delta, dict) and set(self.delta) == set(DELTA_KEYS), "delta")
             need(is_version(self.delta["base_version"]), "delta.base_version")
@@ -169,10 +176,17 @@ class Manifest:
         numbers become decimal strings. Devices take the policy from the signed manifest."""
         out = self.summary()
         if out["policy"]:
-            out["policy"] = {
-                k: v if isinstance(v, str) else repr(v) for k, v in out["policy"].items()
-            }
+            out["policy"] = _no_floats(out["policy"])
         return out
+
+
+def _no_floats(value: Any) -> Any:
+    """Floats (and ints, as before) as decimal strings, through nested tables and lists."""
+    if isinstance(value, dict):
+        return {k: _no_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_floats(v) for v in value]
+    return value if isinstance(value, str) else repr(value)
 
 
 def _is_int(value: object) -> bool:
@@ -180,26 +194,27 @@ def _is_int(value: object) -> bool:
 
 
 def normalize_policy(policy: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Check an operator-given validation policy and return it in manifest form."""
+    """Check an operator-given validation policy (see :mod:`edgepkg.policy`) and return it in
+    manifest form. The four old keys also accept numeric strings, as they always did."""
     if not policy:
         return None
-    unknown = set(policy) - set(POLICY_KEYS)
-    if unknown:
-        raise UsageError(f"unknown policy keys {sorted(unknown)}; allowed: {list(POLICY_KEYS)}")
-    out: dict[str, Any] = {}
-    if "metric" in policy:
-        if not isinstance(policy["metric"], str) or not policy["metric"]:
-            raise UsageError("policy metric must be a name such as top1_accuracy")
-        out["metric"] = policy["metric"]
+    data = dict(policy)
     for key in ("min", "max_regression", "max_latency_ratio"):
-        if key in policy and policy[key] is not None:
-            try:
-                value = float(policy[key])
-            except (TypeError, ValueError):
-                raise UsageError(f"policy {key} must be a number") from None
-            if value < 0:
-                raise UsageError(f"policy {key} must not be negative")
-            out[key] = value
-    if "metric" not in out and any(k in out for k in ("min", "max_regression")):
-        out["metric"] = "top1_accuracy"
-    return out or None
+        if data.get(key) is None:
+            data.pop(key, None)
+            continue
+        try:
+            data[key] = float(data[key])
+        except (TypeError, ValueError):
+            raise UsageError(f"policy {key} must be a number") from None
+        if data[key] < 0:
+            raise UsageError(f"policy {key} must not be negative")
+    if data.get("metric") is None:
+        data.pop("metric", None)
+    try:
+        out = parse_policy(data).to_dict()
+    except PolicySchemaError as exc:
+        raise UsageError(str(exc)) from None
+    if "metric" not in data and set(out) == {"metric", "max_latency_ratio"}:
+        del out["metric"]  # a latency-only policy stays metric-free, as before
+    return out if set(out) - {"metric"} or "metric" in data else None

@@ -12,8 +12,10 @@ Order of checks, each before any plaintext is released:
 4. :class:`BundleReader` gets the data key (a recipient key, or a key grant through
    ``data_key_source``), checks the header digest, and streams: the ciphertext is hashed as it is
    read and compared with the commitment when its last byte is read, which is before the last
-   chunk is decrypted; every chunk is authenticated (AEAD) before its plaintext is yielded; the
-   decompressed length and SHA-256 are checked against the signed manifest at the end.
+   chunk is decrypted; every chunk is authenticated (AEAD) before its plaintext is yielded (for
+   "zstd-chunked" payloads, worker threads open and decompress chunks in parallel, see
+   ``_chunks``); the decompressed length and SHA-256 are checked against the signed manifest at
+   the end.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import zstandard
 
 from edgepkg._atomic import atomic_output
 from edgepkg._pipeline import BackgroundWriter
+from edgepkg.bundle._chunks import CHUNKED, MAX_WINDOW, read_chunked
 from edgepkg.bundle._container import Commitment, Header, Signature, read_commitment, read_header
 from edgepkg.bundle._io import INFO_PREFIX, READ_BLOCK, BundleInfo, Progress
 from edgepkg.bundle._manifest import Manifest
 from edgepkg.crypto import (
     TAG_BYTES,
+    RecordOpener,
     open_chunks,
     public_key_id,
     signing_algorithm,
@@ -50,8 +54,6 @@ from edgepkg.errors import (
     UnknownSignerError,
 )
 from edgepkg.keys._types import PublicKey, RecipientKey
-
-MAX_WINDOW = 32 << 20  # bounded decoder memory; the writer uses far smaller windows
 
 #: Returns the 32-byte data key of the bundle described by its argument (e.g. by opening a key
 #: grant, see :mod:`edgepkg.grants`). Called after the signatures were checked.
@@ -273,6 +275,30 @@ class BundleReader:
         if sha256_hex != self.manifest.plaintext_sha256:
             raise TamperedError("payload SHA-256 does not match the signed manifest")
 
+    def _stream_blocks(
+        self, payload: _CommittedPayload, data_key: bytes, manifest_hash: bytes
+    ) -> Iterator[bytes]:
+        sealed = open_chunks(
+            data_key,
+            payload.read,
+            self.manifest.chunk_size,
+            manifest_hash,
+            expected_length=self.info.payload_length,
+        )
+        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        reader = dctx.stream_reader(
+            _IterReader(sealed),  # type: ignore[arg-type]  # duck-typed read()
+            read_size=self.manifest.chunk_size,
+        )
+        while True:
+            try:
+                block = reader.read(READ_BLOCK)
+            except zstandard.ZstdError as exc:
+                raise BundleError(f"payload does not decompress: {exc}") from None
+            if not block:
+                return
+            yield block
+
     def blocks(self, progress: Progress | None = None) -> Iterator[bytes]:
         """Yield authenticated, decompressed plaintext, at most the signed length in total.
 
@@ -293,25 +319,17 @@ class BundleReader:
         limit = manifest.plaintext_length
         with open(self._path, "rb") as fh:
             fh.seek(self.info.payload_offset)
-            sealed = open_chunks(
-                data_key,
-                _CommittedPayload(fh, self._commitment).read,
-                manifest.chunk_size,
-                manifest_hash,
-                expected_length=self.info.payload_length,
-            )
-            dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-            reader = dctx.stream_reader(
-                _IterReader(sealed),  # type: ignore[arg-type]  # duck-typed read()
-                read_size=manifest.chunk_size,
-            )
-            while True:
-                try:
-                    block = reader.read(READ_BLOCK)
-                except zstandard.ZstdError as exc:
-                    raise BundleError(f"payload does not decompress: {exc}") from None
-                if not block:
-                    break
+            payload = _CommittedPayload(fh, self._commitment)
+            if manifest.compression == CHUNKED:
+                source = read_chunked(
+                    payload.read,
+                    RecordOpener(data_key, manifest_hash),
+                    manifest.chunk_size,
+                    limit,
+                )
+            else:  # LEGACY_STREAM: one zstd stream, cut into sealed chunks (earlier builds)
+                source = self._stream_blocks(payload, data_key, manifest_hash)
+            for block in source:
                 total += len(block)
                 if total > limit:
                     raise TooLargeError(

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="model format (default auto: detected from the file; raw: opaque bytes)")
     p.add_argument("--require", action="append", default=[], metavar="KEY=VALUE",
                    help="requirement the file cannot tell, e.g. gpu_sm=87; repeat")
+    p.add_argument("--policy", metavar="FILE.toml",
+                   help="validation policy (keys in docs/validation.md); the --policy-* flags "
+                        "below override its top-level keys")
     p.add_argument("--policy-metric", help="validation metric, e.g. top1_accuracy")
     p.add_argument("--policy-min", type=float, help="minimum metric on the device's holdout set")
     p.add_argument("--policy-max-regression", type=float,
@@ -85,6 +88,26 @@ def _parse_requirements(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _read_policy_file(path: str) -> dict[str, Any]:
+    """The policy TOML (schema: :mod:`edgepkg.policy`); checked again when packaging."""
+    import tomllib
+
+    from edgepkg.policy import PolicySchemaError, parse_policy
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"policy file {path} is not valid TOML: {exc}") from None
+    try:
+        parse_policy(data)
+    except PolicySchemaError as exc:
+        raise UsageError(f"policy file {path}: {exc}") from None
+    return data
+
+
 def _package(args: argparse.Namespace) -> int:
     from edgepkg.bundle import check_name, package_model, parse_version
     from edgepkg.keys import load_public_key, load_signer
@@ -94,12 +117,13 @@ def _package(args: argparse.Namespace) -> int:
     if not args.recipient and not args.key_service:
         raise UsageError("give at least one --recipient or --key-service public key")
     if args.check_load:  # refuse a model its runtime cannot load, before any key is used
-        from edgepkg.formats import check_load
+        from edgepkg.formats.loadcheck import check_load
         check_load(args.model, format=args.format, requirements=_parse_requirements(args.require))
     signer = load_signer(args.sign_key)
     # A key-service key is a recipient like any other; the name says what it is for.
     recipients = [load_public_key(ref) for ref in [*args.recipient, *args.key_service]]
-    policy = {
+    policy = _read_policy_file(args.policy) if args.policy else {}
+    policy |= {
         k: v
         for k, v in {
             "metric": args.policy_metric,

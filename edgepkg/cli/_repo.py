@@ -14,6 +14,12 @@ from collections import defaultdict
 from typing import Any
 
 from edgepkg.cli._common import print_json
+from edgepkg.cli._fleet import (
+    add_fleet_options,
+    fleet_from_args,
+    print_publish_result,
+    register_deltas,
+)
 from edgepkg.errors import UsageError
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -99,6 +105,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print the revocation as JSON")
     p.set_defaults(func=_revoke)
 
+    register_deltas(rsub)
+
     p = sub.add_parser("publish", help="add release bundles (and deltas) to the TUF repository")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE",
                    help="release bundle(s) made by `edgepkg package`")
@@ -110,6 +118,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--recipient", action="append", default=[], metavar="PUB",
                    help="recipient public key to remember (deltas are encrypted to the full "
                         "release's recipients); repeat")
+    add_fleet_options(p)
     p.add_argument("--json", action="store_true",
                    help="print what was published and which deltas were skipped as JSON")
     p.set_defaults(func=_publish)
@@ -223,14 +232,7 @@ def _publish(args: argparse.Namespace) -> int:
     from edgepkg import repo
 
     result = repo.publish(args.repo, args.bundles, deltas=args.deltas,
-                          delta_margin=args.delta_margin, recipients=args.recipient)
-    if args.json:
-        print_json(result.to_dict())
-        return 0
-    for p in result.published:
-        extra = f" (delta from {p.base_version}, {p.method})" if p.kind == "delta" else ""
-        print(f"published {p.target_path} {p.length} B{extra}")
-    for line in result.skipped_deltas:
-        print(f"no delta: {line}", file=sys.stderr)
-    print(f"targets v{result.targets_version}")
+                          delta_margin=args.delta_margin, recipients=args.recipient,
+                          fleet=fleet_from_args(args), delta_max_bases=args.delta_max_bases)
+    print_publish_result(result, args.json)
     return 0

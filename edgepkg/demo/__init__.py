@@ -96,6 +96,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
             port=config.port,
             poll_interval=config.poll_interval,
             enrollment_uses=config.devices,
+            key_service_key=keys.refs[_release.KEY_SERVICE],
         )
         report.dashboard_url = f"{server.url}/dashboard/ (user {DASHBOARD_USER})"
         log(
@@ -171,6 +172,20 @@ def run_demo(config: DemoConfig) -> DemoReport:
         cond.wait_devices_on("2.0.0", n, config.stage_timeout_s)
         lap("v2 rollout")
 
+        # 4b. one more device enrolls now, after v2 was packaged and published: a key grant
+        from edgepkg.demo._late import enroll_late_device
+
+        late = enroll_late_device(
+            ws, server, procs, cond, index=n + 1, holdout=slices[0], hsm_module=module,
+            trial_window_s=config.trial_window_s, poll_interval=config.poll_interval,
+            root_json=root_json, release_pub=keys.publics["release"],
+            timeout=config.stage_timeout_s,
+        )
+        trackers["late device v2"] = late.tracker
+        log(f"      {late.device.name} enrolled after v2 was published; reached v2 through a "
+            "key grant (no repackaging)")
+        lap("late device")
+
         # 5. v3: the canaries reject it, the rollout pauses itself
         _release.package_and_publish(ws, keys, models, "3.0.0", device_keys)
         k = canaries(n, 20.0)
@@ -222,7 +237,8 @@ def run_demo(config: DemoConfig) -> DemoReport:
 
         # 6. summary and checks
         log("[6/6] collecting results from the server and the devices")
-        summarize(report, server, devices, trackers, models, ws, pool)
+        summarize(report, server, [*devices, late.device], trackers, models, ws, pool,
+                  late=late)
         lap("summary")
         report.timings = timings
         if config.keep_running:

@@ -18,6 +18,7 @@ from edgepkg.repo import PublishResult, init_repo, publish
 
 MODEL_NAME = "demo-classifier"
 TUF_ROLES = ("root", "targets", "snapshot", "timestamp")
+KEY_SERVICE = "key-service"
 
 # v1 is the bootstrap model (a lenient floor); v2/v3 must beat a real floor and not regress.
 # The latency ratio is generous: a demo fleet shares two busy cores, so timings are noisy.
@@ -42,22 +43,28 @@ class ReleaseKeys:
         return self.publics["release"].read_bytes()
 
 
+RECIPIENT_KEYS = ("archive", KEY_SERVICE)
+
+
 def create_keys(ws: Workspace, *, use_hsm: bool) -> ReleaseKeys:
-    """TUF role keys, the release (bundle-signing) key and the release-archive recipient key."""
+    """TUF role keys, the release (bundle-signing) key, the release-archive recipient key and
+    the key-service key (a recipient of every bundle; the update server grants devices enrolled
+    later the data key with it). In the demo the key service's key sits in the release token;
+    docs/security.md ("Separation") says why production gives the server its own token."""
     module = _hsm.softhsm_module() if use_hsm else None
-    names = [*TUF_ROLES, "release", "archive"]
+    names = [*TUF_ROLES, "release", *RECIPIENT_KEYS]
     refs: dict[str, str] = {}
     publics: dict[str, Path] = {}
     token = None
     if module is not None:
         token = _hsm.init_token(ws.hsm, module, "edgepkg-release")
         for name in names:
-            kind: ekeys.KeyKind = "recipient" if name == "archive" else "signing"
+            kind: ekeys.KeyKind = "recipient" if name in RECIPIENT_KEYS else "signing"
             created = ekeys.create_key(name, kind, directory=ws.keys, pkcs11_uri=token.uri(name))
             refs[name], publics[name] = created.private_ref, created.public_path
         return ReleaseKeys("softhsm2", refs, publics, token)
     for name in names:
-        kind_: ekeys.KeyKind = "recipient" if name == "archive" else "signing"
+        kind_: ekeys.KeyKind = "recipient" if name in RECIPIENT_KEYS else "signing"
         created = ekeys.create_key(name, kind_, directory=ws.keys)
         refs[name], publics[name] = created.private_ref, created.public_path
     return ReleaseKeys("files", refs, publics)
@@ -105,9 +112,12 @@ def package_and_publish(
     version: str,
     device_keys: Sequence[Path],
 ) -> tuple[Manifest, PublishResult]:
-    """Package ``version`` for the enrolled devices (and the archive key) and publish it."""
+    """Package ``version`` for the enrolled devices, the archive key and the key service
+    (``edgepkg package --key-service``), and publish it (deltas for the same recipients)."""
     policy: dict[str, Any] = POLICY_BOOTSTRAP if version == "1.0.0" else POLICY_RELEASE
-    recipients = [ekeys.load_public_key(p) for p in [*device_keys, keys.publics["archive"]]]
+    key_service = keys.publics[KEY_SERVICE]
+    recipients = [ekeys.load_public_key(p)
+                  for p in [*device_keys, keys.publics["archive"], key_service]]
     out = ws.bundles / f"{MODEL_NAME}-{version}.edgepkg"
     manifest = package_model(
         models.paths[version],
@@ -119,5 +129,5 @@ def package_and_publish(
         format="onnx",
         policy=policy,
     )
-    result = publish(ws.repo, [out], recipients=[str(p) for p in device_keys])
+    result = publish(ws.repo, [out], recipients=[str(p) for p in [*device_keys, key_service]])
     return manifest, result

@@ -21,6 +21,7 @@ class DeviceResult:
     full_sizes: int  # what full bundles of the installed versions would have cost
     metric: float | None  # v2's top-1 accuracy on this device's holdout
     v3: str  # "rejected: reason" | "not offered" | ...
+    note: str = ""  # e.g. how a device enrolled after publishing got its key
 
 
 @dataclass
@@ -96,6 +97,7 @@ def format_report(r: DemoReport) -> str:
         add(
             f"  {d.name:<10} {d.keystore:<9} {d.version or '-':<7} {d.phase or '-':<10} "
             f"{d.v2_route or '-':<6} {v2:<20} {acc:<7} {d.v3}"
+            + (f"  [{d.note}]" if d.note else "")
         )
     total = sum(d.downloaded_bytes for d in r.devices)
     full = sum(d.full_sizes for d in r.devices)

@@ -104,6 +104,7 @@ def start_server(
     poll_interval: int,
     enrollment_uses: int,
     workers: int = 2,
+    key_service_key: str | None = None,
 ) -> tuple[Server, str]:
     """Write the config, migrate, start gunicorn and, while it boots, create the operator
     token, the dashboard user and the fleet's enrollment token. Returns (server, enrollment)."""
@@ -115,6 +116,7 @@ def start_server(
         f'repo_dir = "{ws.repo}"\n'
         f"poll_interval = {poll_interval}\n"
         f'secret_key = "{secret}"\n'
+        + (f'key_service_key = "{key_service_key}"\n' if key_service_key else "")
     )
     os.chmod(config, 0o600)
     _cli(config, "init-db")

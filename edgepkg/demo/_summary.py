@@ -4,14 +4,17 @@ every expectation of the demo explicitly."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgepkg.demo import _devices, _release
 from edgepkg.demo._report import DemoReport, DeviceResult, RolloutResult
 from edgepkg.demo._rollouts import Tracker
 from edgepkg.demo._server import Server
 from edgepkg.demo._workspace import Workspace
-from edgepkg.repo import list_releases
+from edgepkg.repo import list_releases, target_file
+
+if TYPE_CHECKING:
+    from edgepkg.demo._late import LateDevice
 
 ROLES = {
     "1.0.0": "v1 baseline",
@@ -47,7 +50,9 @@ def _bytes(events: list[dict[str, Any]], version: str | None = None) -> int:
 
 def _metric(events: list[dict[str, Any]], version: str) -> float | None:
     for e in _events_for(events, version, "validation_result"):
-        value = (e.get("details", {}).get("values") or {}).get("candidate")
+        details = e.get("details", {})
+        # The gate reports the policy metric as "value" (older devices: values.candidate).
+        value = details.get("value", (details.get("values") or {}).get("candidate"))
         if isinstance(value, int | float):
             return float(value)
     return None
@@ -73,6 +78,8 @@ def summarize(
     models: _release.TrainedModels,
     ws: Workspace,
     pool: ThreadPoolExecutor,
+    *,
+    late: LateDevice | None = None,
 ) -> None:
     releases = list_releases(ws.repo)
     full = {r.version: r.length for r in releases if r.kind == "full"}
@@ -132,6 +139,31 @@ def summarize(
             )
         )
     _checks(report, devices, events, trackers, deltas)
+    if late is not None:
+        _late_check(report, server, ws, late)
+
+
+def _late_check(report: DemoReport, server: Server, ws: Workspace, late: LateDevice) -> None:
+    """The device enrolled after v2 was published runs v2 through an audited key grant, and the
+    v2 bundle is the one published before it enrolled (no repackaging, no republishing)."""
+    from edgepkg.bundle import read_bundle_info
+
+    did = late.device.device_id
+    result = next(d for d in report.devices if d.device_id == did)
+    result.note = "enrolled after v2 was published: key grant"
+    grants = server.api.get(f"/api/v1/grants?device_id={did}")["grants"]
+    v2_grants = [g for g in grants if g.get("version") == "2.0.0"]
+    v2 = next(r for r in list_releases(ws.repo) if r.kind == "full" and r.version == "2.0.0")
+    recipients = read_bundle_info(target_file(ws.repo, v2)).recipient_key_ids
+    report.check(
+        f"{late.device.name} enrolled after v2 was published and reached v2 through a key grant "
+        "(no repackaging)",
+        result.version == "2.0.0" and bool(v2_grants) and did not in recipients
+        and v2.sha256 == late.v2_target_sha256,
+        f"active {result.version}, {len(v2_grants)} v2 grant(s) audited by the server, "
+        f"{'not ' if did not in recipients else ''}a bundle recipient, v2 bundle "
+        f"{'unchanged' if v2.sha256 == late.v2_target_sha256 else 'CHANGED'}",
+    )
 
 
 def _checks(

@@ -5,7 +5,7 @@ Public API::
     detect(path, *, format="auto", extra_requirements=None) -> ModelInfo
     prepare_payload(path, info, workdir) -> Path      # the file to package
     extract_model_bytes(path, info) -> bytes | None   # TFLM C array -> flatbuffer bytes
-    check_load(path, *, format="auto", ...) -> str    # load with onnxruntime/LiteRT/TFLM
+    edgepkg.formats.loadcheck.check_load(path, ...)    # load with onnxruntime/LiteRT/TFLM
 
 Formats (``FORMATS``) and the requirement keys each records (values are str | int | list[str]):
 
@@ -50,16 +50,13 @@ from edgepkg._atomic import atomic_write_bytes
 from edgepkg.errors import FormatError, TooLargeError, UsageError
 from edgepkg.formats import _carray, _onnx, _tensorrt, _tflite
 from edgepkg.formats._fbreader import FbError
-from edgepkg.formats._loadcheck import LOAD_RUNTIMES, check_load
 
 __all__ = [
     "FORMATS",
-    "LOAD_RUNTIMES",
     "MAX_C_SOURCE_BYTES",
     "MAX_PARSE_BYTES",
     "TFLM_ALIGNMENT",
     "ModelInfo",
-    "check_load",
     "detect",
     "extract_model_bytes",
     "prepare_payload",

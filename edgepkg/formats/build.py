@@ -4,6 +4,11 @@ Every builder returns the model file's bytes:
 
 - :func:`onnx_mlp_classifier` – Gemm/Relu/.../Softmax, float32 ``[N, F]`` -> probabilities
   ``[N, C]``; runs under ONNX Runtime.
+- :func:`onnx_mlp` – the same MLP with a chosen head (probabilities, logits, class ids via
+  ArgMax, logits *and* probabilities, or a raw value for regression/anomaly scores), a chosen
+  input dtype and an optional memory hog (a large runtime tensor): the validation corpus.
+- :func:`onnx_detector` – a small detector: ``[N, K, F]`` proposals -> ``boxes [N, K, 4]``,
+  ``scores [N, K]``, ``classes [N, K]`` (MatMul/Softmax/ReduceMax/ArgMax).
 - :func:`tflite_mlp_classifier` – FULLY_CONNECTED/RELU/.../SOFTMAX as a real TFLite flatbuffer,
   float32 or full-integer int8 (int8 input and output; quantize the input with the input tensor's
   ``quantization`` = (scale, zero_point)); runs under LiteRT and TFLite Micro.
@@ -35,6 +40,8 @@ __all__ = [
     "blobs_dataset",
     "edgetpu_model",
     "mlp_forward",
+    "onnx_detector",
+    "onnx_mlp",
     "onnx_mlp_classifier",
     "quantize_input",
     "tensorrt_header",
@@ -43,27 +50,9 @@ __all__ = [
     "train_mlp",
 ]
 
-Weights = Sequence[tuple[np.ndarray, np.ndarray]]
-
+from edgepkg.formats._build_common import Weights, _check_weights
 
 # --- numpy reference -------------------------------------------------------------------------
-
-
-def _check_weights(weights: Weights) -> list[tuple[np.ndarray, np.ndarray]]:
-    if not weights:
-        raise UsageError("an MLP needs at least one (W, b) layer")
-    out = []
-    prev = None
-    for i, (w, b) in enumerate(weights):
-        w = np.asarray(w, dtype=np.float32)
-        b = np.asarray(b, dtype=np.float32)
-        if w.ndim != 2 or b.shape != (w.shape[1],):
-            raise UsageError(f"layer {i}: W must be [in, out] and b [out], got {w.shape}, {b.shape}")
-        if prev is not None and w.shape[0] != prev:
-            raise UsageError(f"layer {i}: expects {w.shape[0]} inputs but the previous gives {prev}")
-        prev = w.shape[1]
-        out.append((w, b))
-    return out
 
 
 def mlp_forward(weights: Weights, x: np.ndarray) -> np.ndarray:
@@ -156,6 +145,9 @@ def onnx_mlp_classifier(
     return bytes(model.SerializeToString())
 
 
+# Builders for the validation corpus live apart to keep this module small.
+from edgepkg.formats._build_onnx import onnx_detector, onnx_mlp  # noqa: E402
+
 # --- TFLite ----------------------------------------------------------------------------------
 
 
@@ -215,7 +207,7 @@ def tflite_mlp_classifier(
         t.name = name
         t.shape = list(shape)
         if shape and shape[0] == batch and data is None:
-            t.shapeSignature = [-1] + list(shape[1:])
+            t.shapeSignature = [-1, *shape[1:]]
         t.type = ttype
         t.buffer = add_buffer(data) if data is not None else 0
         if q is not None:

@@ -30,6 +30,8 @@ ROLLOUT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 EVENT_ID_RE = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 
 MAX_ASSIGNMENTS = 64
+MAX_KEY_GRANTS = 2  # one per target an assignment names: the full bundle and the delta
+MAX_KEY_GRANT_BYTES = 4096  # = edgepkg.grants.MAX_GRANT_BYTES (a test keeps them equal)
 MAX_POLL_INTERVAL_S = 7 * 86400
 DEFAULT_POLL_INTERVAL_S = 300
 ROLLOUT_STATUSES = ("running", "paused", "aborted", "completed")
@@ -76,9 +78,13 @@ class Assignment:
     delta_target: str | None = None
     rollout_id: str | None = None
     allow_downgrade: bool = False
+    # Target name -> key grant (edgepkg.grants JSON object) for a device that is not a direct
+    # recipient of that bundle. Absent on the wire when empty, so old devices and old servers
+    # interoperate: no grants simply means "decrypt with your own key".
+    key_grants: dict[str, Json] = field(default_factory=dict)
 
     def to_json(self) -> Json:
-        return {
+        out: Json = {
             "action": "install",
             "model": self.model,
             "version": self.version,
@@ -87,6 +93,9 @@ class Assignment:
             "rollout_id": self.rollout_id,
             "allow_downgrade": self.allow_downgrade,
         }
+        if self.key_grants:
+            out["key_grants"] = {name: dict(g) for name, g in self.key_grants.items()}
+        return out
 
     # The device persists assignments in its state file under this name.
     to_dict = to_json
@@ -103,12 +112,40 @@ def parse_assignment(raw: Any) -> Assignment:
     allow = obj.get("allow_downgrade", False)
     _need(isinstance(allow, bool), "allow_downgrade must be a boolean", "allow_downgrade")
     assert model is not None and version is not None and target is not None
+    delta_target = _opt_str(obj.get("delta_target"), "delta_target")
     return Assignment(
         model=model, version=version, target=target,
-        delta_target=_opt_str(obj.get("delta_target"), "delta_target"),
+        delta_target=delta_target,
         rollout_id=_opt_str(obj.get("rollout_id"), "rollout_id", 128),
         allow_downgrade=bool(allow),
+        key_grants=parse_key_grants(obj.get("key_grants"), {target, delta_target} - {None}),
     )
+
+
+def parse_key_grants(raw: Any, targets: set[str | None]) -> dict[str, Json]:
+    """The ``key_grants`` of an assignment: at most one grant per target the assignment names,
+    each a JSON object of at most :data:`MAX_KEY_GRANT_BYTES`. Only the envelope is checked
+    here (the contract stays pure); the device parses each grant with
+    ``edgepkg.grants.KeyGrant.from_json`` before it uses one."""
+    if raw is None:
+        return {}
+    _need(isinstance(raw, dict) and len(raw) <= MAX_KEY_GRANTS,
+          f"key_grants must be an object of at most {MAX_KEY_GRANTS} target name -> grant",
+          "key_grants")
+    out: dict[str, Json] = {}
+    for name, grant in raw.items():
+        _need(name in targets, f"key_grants names {str(name)[:80]!r}, which is not a target of "
+              "this assignment", "key_grants")
+        where = f"key_grants[{name!r}]"
+        _need(isinstance(grant, dict), f"{where} must be a JSON object", where)
+        try:
+            size = len(json.dumps(grant, separators=(",", ":")).encode())
+        except (TypeError, ValueError):
+            size = MAX_KEY_GRANT_BYTES + 1
+        _need(size <= MAX_KEY_GRANT_BYTES,
+              f"{where} is larger than {MAX_KEY_GRANT_BYTES} bytes", where)
+        out[str(name)] = dict(grant)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """The release repository: TUF metadata (python-tuf) over edgepkg bundles.
 
 Write side (the release pipeline): :func:`init_repo`, :func:`publish`, :func:`refresh`,
-:func:`rotate`, :func:`revoke`. Read side (update server, tooling): :func:`list_releases`,
-:func:`targets_version`, :func:`status`, :func:`target_file`.
+:func:`rotate`, :func:`revoke`, :func:`make_missing_deltas` (deltas for a published release;
+fleet-aware bases with :func:`fleet_lookup`). Read side (update server, tooling):
+:func:`list_releases`, :func:`targets_version`, :func:`status`, :func:`target_file`.
 
 The package imports lazily: ``edgepkg.repo._policy`` (pure rules: durations, expiry, names)
 must stay importable without tuf and securesystemslib, and Python imports a package's
@@ -15,10 +16,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names, for type checkers and readers; loaded on first use below
+    from ._backfill import make_missing_deltas
     from ._config import (
         RepoConfig,
         load_config,
     )
+    from ._fleet import FleetDocumentError, FleetVersions, choose_delta_bases, parse_fleet_versions
+    from ._fleet_source import FleetLookup, fleet_lookup
     from ._ops import (
         REFRESH_CRITICAL,
         REFRESH_OK,
@@ -47,6 +51,13 @@ if TYPE_CHECKING:  # the names, for type checkers and readers; loaded on first u
     )
 
 _WHERE = {
+    "FleetDocumentError": "_fleet",
+    "FleetLookup": "_fleet_source",
+    "FleetVersions": "_fleet",
+    "choose_delta_bases": "_fleet",
+    "fleet_lookup": "_fleet_source",
+    "make_missing_deltas": "_backfill",
+    "parse_fleet_versions": "_fleet",
     "REFRESH_CRITICAL": "_ops",
     "REFRESH_OK": "_ops",
     "REFRESH_WARNING": "_ops",
@@ -75,6 +86,9 @@ __all__ = [
     "REFRESH_CRITICAL",
     "REFRESH_OK",
     "REFRESH_WARNING",
+    "FleetDocumentError",
+    "FleetLookup",
+    "FleetVersions",
     "InitResult",
     "PublishRefusedError",
     "PublishResult",
@@ -84,9 +98,13 @@ __all__ = [
     "RepoConfig",
     "RevokeResult",
     "RotateResult",
+    "choose_delta_bases",
+    "fleet_lookup",
     "init_repo",
     "list_releases",
     "load_config",
+    "make_missing_deltas",
+    "parse_fleet_versions",
     "publish",
     "refresh",
     "revoke",

@@ -1,5 +1,8 @@
 """``publish``: add signed bundles as TUF targets, with delta targets from earlier releases.
 
+Delta bases: the last K releases, plus (with a fleet distribution, ``--delta-from-fleet``) the
+N versions most devices run (``_fleet.choose_delta_bases``).
+
 Release archive: every published bundle stays in the repository (it is a target anyway) and must
 also be encrypted to the repository's *release-archive* recipient key. To make a delta against
 an earlier release, publish decrypts that release's own target with the archive key (the
@@ -34,6 +37,8 @@ from edgepkg.errors import BundleError, Error, RepoError, UsageError
 
 from . import _keys, _tuf
 from ._config import PublicKeyEntry, RepoConfig, load_config, save_config
+from ._fleet import DEFAULT_MAX_BASES, choose_delta_bases
+from ._fleet_source import FleetLookup
 from ._ops import SignerPool, commit_targets
 from ._policy import (
     check_model_name,
@@ -130,13 +135,17 @@ def publish(
     env: Mapping[str, str] | None = None,
     delta_maker: DeltaMaker | None = None,
     workdir: str | os.PathLike[str] | None = None,
+    fleet: FleetLookup | None = None,
+    delta_max_bases: int | None = None,
 ) -> PublishResult:
     """Publish full-release bundles as targets (all or nothing), make delta targets against the
     last ``deltas`` releases of each model, and sign new targets, snapshot and timestamp.
 
     ``recipients`` are public-key references to add to the repository's known recipients (a
     delta is encrypted to the same recipients as its full release, so their public keys must be
-    known). ``delta_maker`` is ``edgepkg.delta.make_delta`` unless given.
+    known). ``delta_maker`` is ``edgepkg.delta.make_delta`` unless given. ``fleet`` (see
+    ``fleet_lookup``) adds deltas from the ``delta_max_bases`` (default 4) versions most devices
+    run; it is asked once per model, after every bundle has been checked.
     """
     if not bundles:
         raise UsageError("give at least one bundle to publish")
@@ -144,17 +153,8 @@ def publish(
     make = delta_maker or _default_delta_maker
     with _tuf.locked(repo_dir):
         config = load_config(repo_dir)
-        k = config.delta_k if deltas is None else deltas
-        margin = config.delta_margin if delta_margin is None else delta_margin
-        if not 0 <= k <= 16:
-            raise UsageError("--deltas must be between 0 and 16")
-        if not 0 < margin <= 1:
-            raise UsageError("--delta-margin must be in (0, 1]")
-        for ref in recipients:
-            pub = _keys.public_key_from_ref(ref)
-            kid = _keys.key_id(pub)
-            if kid not in {r.keyid for r in config.recipients}:
-                config.recipients.append(PublicKeyEntry(kid, _keys.public_pem(pub)))
+        k, margin, max_bases = delta_settings(config, deltas, delta_margin, delta_max_bases)
+        remember_recipients(config, recipients)
         if not config.release_keys:
             raise RepoError("no release keys configured: `edgepkg repo init --release-key PUB`")
         release_pubs = [_keys.public_from_pem(e.pem) for e in config.release_keys]
@@ -196,6 +196,9 @@ def publish(
                     "later releases can be published as deltas against it"
                 )
 
+        # The fleet's distribution is read only once every bundle is known to be publishable.
+        fleet_counts = _fleet_counts(fleet, sorted({info.manifest.name for info in infos}))
+
         # 2. Full targets, then deltas.
         result = PublishResult(targets_version=targets.version)
         archive = None
@@ -207,9 +210,8 @@ def publish(
             tf.unrecognized_fields["custom"] = {"edgepkg": m.tuf_custom()}
             targets.targets[tpath] = tf
             result.published.append(PublishedTarget(tpath, "full", m.name, m.version, tf.length))
-            if k == 0:
-                continue
-            bases = _delta_bases(releases_from_targets(targets), m, k)
+            bases = delta_bases(releases_from_targets(targets), m.name, m.version, k,
+                                fleet_counts.get(m.name), max_bases)
             if not bases:
                 continue
             why_not = _delta_prerequisites(config, m)
@@ -228,11 +230,49 @@ def publish(
     return result
 
 
-def _delta_bases(current: list[ReleaseTarget], new: Manifest, k: int) -> list[ReleaseTarget]:
-    older = [r for r in current if r.kind == "full" and r.name == new.name
-             and parse_version(r.version) < parse_version(new.version)]
-    older.sort(key=lambda r: parse_version(r.version), reverse=True)
-    return older[:k]
+def delta_settings(
+    config: RepoConfig, deltas: int | None, margin: float | None, max_bases: int | None
+) -> tuple[int, float, int]:
+    """(last K, size margin, fleet bases) from the call, else the repository configuration."""
+    k = config.delta_k if deltas is None else deltas
+    margin = config.delta_margin if margin is None else margin
+    max_bases = DEFAULT_MAX_BASES if max_bases is None else max_bases
+    if not 0 <= k <= 16:
+        raise UsageError("--deltas must be between 0 and 16")
+    if not 0 < margin <= 1:
+        raise UsageError("--delta-margin must be in (0, 1]")
+    if not 0 <= max_bases <= 16:
+        raise UsageError("--delta-max-bases must be between 0 and 16")
+    return k, margin, max_bases
+
+
+def remember_recipients(config: RepoConfig, recipients: Sequence[str]) -> None:
+    for ref in recipients:
+        pub = _keys.public_key_from_ref(ref)
+        kid = _keys.key_id(pub)
+        if kid not in {r.keyid for r in config.recipients}:
+            config.recipients.append(PublicKeyEntry(kid, _keys.public_pem(pub)))
+
+
+def _fleet_counts(fleet: FleetLookup | None, models: Sequence[str]) -> dict[str, Mapping[str, int]]:
+    if fleet is None:
+        return {}
+    return {name: fleet(name).versions for name in models}
+
+
+def delta_bases(
+    current: list[ReleaseTarget],
+    name: str,
+    version: str,
+    k: int,
+    fleet: Mapping[str, int] | None,
+    max_bases: int,
+) -> list[ReleaseTarget]:
+    """The current full releases of ``name`` to diff ``version`` against (see
+    ``choose_delta_bases``; revoked releases are not current, so never chosen)."""
+    full = {r.version: r for r in current if r.kind == "full" and r.name == name}
+    chosen = choose_delta_bases(version, full, last_k=k, fleet=fleet, max_bases=max_bases)
+    return [full[v] for v in chosen]
 
 
 def _delta_prerequisites(config: RepoConfig, m: Manifest) -> str | None:

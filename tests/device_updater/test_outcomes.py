@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from device_updater.errors import (
+    DeltaUnusableError,
     SlotError,
     SlotIntegrityError,
     TransportError,
     UpdateRefusedError,
 )
-from device_updater.install import DeltaUnusableError
 from device_updater.outcomes import Action, classify
 from device_updater.state import FallBackToFull, Phase, Reject, Retry
 from device_updater.tuf_client import (

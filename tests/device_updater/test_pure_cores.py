@@ -18,6 +18,8 @@ import pytest
 PURE_CORES = [
     "edgepkg.protocol",
     "device_updater.state",
+    "device_updater.recovery",
+    "device_updater.outcomes",
     "device_updater.slot_values",
     "device_updater.trial",
 ]

@@ -1,4 +1,5 @@
-"""The persisted update state machine: legal transitions, persistence, recovery rules."""
+"""The persisted update state machine: legal transitions and persistence (recovery rules:
+test_recovery.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from device_updater.state import (
     UpdateState,
     Validated,
     Verified,
-    recovery_action,
     transition,
 )
 
@@ -147,132 +147,3 @@ def test_corrupt_state_file_recovers_to_idle_with_a_reason(tmp_path: Path,
     s = StateStore(path).load()
     assert s.phase is Phase.IDLE and "corrupt" in (s.reason or "")
     assert (tmp_path / "state.json.corrupt").read_bytes() == content
-
-
-# --- recovery --------------------------------------------------------------------------------
-
-
-def test_recovery_in_idle_does_nothing() -> None:
-    a = recovery_action(UpdateState(), view("a", V1, None), NOW)
-    assert not a.save and a.activate is None and a.discard is None and not a.resume
-
-
-@pytest.mark.parametrize("phase", [Phase.DOWNLOADING, Phase.VERIFYING])
-def test_recovery_before_install_resumes_and_keeps_active(phase: Phase) -> None:
-    a = recovery_action(walk(phase), view("a", V1, None), NOW)
-    assert a.resume and a.activate is None and a.state.phase is phase
-    assert a.state.restarts == 1
-
-
-def test_recovery_during_install_discards_the_partial_slot() -> None:
-    a = recovery_action(walk(Phase.INSTALLING), view("a", V1, None, partial=(False, True)), NOW)
-    assert a.discard == "b" and a.activate is None and a.resume
-    assert a.state.phase is Phase.INSTALLING
-
-
-def test_recovery_during_validation_revalidates_a_complete_slot() -> None:
-    a = recovery_action(walk(Phase.VALIDATING), view("a", V1, V2), NOW)
-    assert a.resume and a.discard is None and a.state.phase is Phase.VALIDATING
-
-
-def test_recovery_during_validation_reinstalls_a_damaged_slot() -> None:
-    a = recovery_action(walk(Phase.VALIDATING), view("a", V1, V2, intact=(True, False)), NOW)
-    assert a.state.phase is Phase.INSTALLING and a.discard == "b" and a.resume
-
-
-def test_recovery_in_switching_enters_trial_when_pointer_already_moved() -> None:
-    a = recovery_action(walk(Phase.SWITCHING), view("b", V1, V2), NOW + 50)
-    assert a.state.phase is Phase.TRIAL and a.state.trial_started_at == NOW + 50
-    assert a.activate is None
-
-
-def test_recovery_in_switching_redoes_the_switch_when_pointer_not_moved() -> None:
-    a = recovery_action(walk(Phase.SWITCHING), view("a", V1, V2), NOW)
-    assert a.state.phase is Phase.SWITCHING and a.resume and a.activate is None
-
-
-def test_recovery_in_switching_rejects_a_damaged_candidate() -> None:
-    a = recovery_action(walk(Phase.SWITCHING), view("a", V1, V2, intact=(True, False)), NOW)
-    assert a.state.phase is Phase.REJECTED and a.state.expected_active == "a"
-    assert a.discard == "b"
-
-
-def test_recovery_in_trial_rolls_back_unless_committed() -> None:
-    a = recovery_action(walk(Phase.TRIAL), view("b", V1, V2), NOW)
-    assert a.state.phase is Phase.ROLLED_BACK and a.activate == "a" and a.discard == "b"
-    committed = recovery_action(walk(Phase.COMMITTED), view("b", V1, V2), NOW)
-    assert committed.activate is None and committed.discard is None
-
-
-def test_recovery_in_trial_without_previous_model_continues_the_trial() -> None:
-    a = recovery_action(walk(Phase.TRIAL), view("b", None, V2), NOW)
-    assert a.state.phase is Phase.TRIAL and a.resume and a.activate is None
-
-
-def test_recovery_completes_an_interrupted_rollback() -> None:
-    rolled = transition(walk(Phase.TRIAL), RollBack("app failing", active="b"), NOW)
-    a = recovery_action(rolled, view("b", V1, V2), NOW)  # died before the pointer flip
-    assert a.activate == "a" and a.discard == "b"
-    after = recovery_action(rolled, view("a", V1, V2), NOW)  # died before the discard
-    assert after.activate is None and after.discard == "b"
-
-
-def test_recovery_replaces_a_damaged_active_slot_with_the_intact_other() -> None:
-    a = recovery_action(UpdateState(), view("a", V1, V2, intact=(False, True)), NOW)
-    assert a.activate == "b"
-
-
-def test_crash_loop_cap_gives_up_the_target() -> None:
-    s = walk(Phase.VALIDATING)
-    v = view("a", V1, V2)
-    for _ in range(3):
-        a = recovery_action(s, v, NOW, Limits(max_restarts=3))
-        assert a.state.phase is Phase.VALIDATING
-        s = a.state
-    a = recovery_action(s, v, NOW, Limits(max_restarts=3))
-    assert a.state.phase is Phase.REJECTED and "crash loop" in (a.state.reason or "")
-    assert a.discard == "b" and a.state.expected_active == "a"
-
-
-def test_crash_loop_in_trial_rolls_back() -> None:
-    s = replace(walk(Phase.TRIAL), restarts=3)
-    a = recovery_action(s, view("b", None, V2), NOW, Limits(max_restarts=3))
-    assert a.state.phase is Phase.ROLLED_BACK and "crash loop" in (a.state.reason or "")
-
-
-def test_clean_restart_during_trial_continues_the_trial() -> None:
-    a = recovery_action(walk(Phase.TRIAL), view("b", V1, V2), NOW, crashed=False)
-    assert a.state.phase is Phase.TRIAL and a.resume and a.activate is None
-    assert a.state.restarts == 0
-
-
-def test_clean_stop_marker_decides_crash_or_clean_restart(tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from device_updater.slots import BundleSealer, SlotStore
-    from device_updater.state import run_recovery
-    from edgepkg.keys._software import FileRecipientKey
-
-    slots = SlotStore(tmp_path / "slots", sealer=BundleSealer(
-        FileRecipientKey(ec.generate_private_key(ec.SECP256R1()), "test key")))
-    import hashlib
-
-    def summary(v: str) -> tuple[ModelSummary, bytes]:
-        data = v.encode() * 100
-        return ModelSummary(name="cam", version=v, sha256=hashlib.sha256(data).hexdigest(),
-                            length=len(data), format="onnx"), data
-
-    s1, d1 = summary("1.0.0")
-    s2, d2 = summary("2.0.0")
-    slots.switch_to(slots.write(s1, [d1]).name)
-    slots.write(s2, [d2])
-    slots.switch_to("b")
-    store = StateStore(tmp_path / "state.json")
-    store.save(replace(walk(Phase.TRIAL), candidate=s2))
-    assert not store.was_running()
-    assert run_recovery(store, slots, NOW).state.phase is Phase.TRIAL  # first start: clean
-    store.mark_stopped()
-    assert run_recovery(store, slots, NOW).state.phase is Phase.TRIAL  # clean stop before
-    # no mark_stopped: the process "died"
-    assert run_recovery(store, slots, NOW).state.phase is Phase.ROLLED_BACK
-    assert slots.active_name() == "a" and slots.info("b") is None

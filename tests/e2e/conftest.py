@@ -24,7 +24,7 @@ import requests
 from device_updater.agent import Agent
 from device_updater.config import Config
 from device_updater.enrollment import enroll_device
-from device_updater.keystore import Pkcs11Keystore, load_release_key_pem
+from device_updater.keystore import Keystore, Pkcs11Keystore, load_release_key_pem
 from device_updater.status import status
 from device_updater.trial import HealthReport, TrialPolicy
 from device_updater.validator import HoldoutValidator
@@ -54,10 +54,12 @@ class World:
     server_url: str
     app: Any
     operator: str
-    keystore: Pkcs11Keystore
+    keystore: Keystore
     config: Config
     holdout: Path
     models: dict[str, bytes]
+    key_service_pub: Any = None  # set with make(key_service=True): bundles are packaged for it
+
 
     def bundle(self, version: str, model: bytes, *, recipients: list[Any] | None = None,
                policy: dict[str, Any] | None = None) -> Path:
@@ -67,7 +69,8 @@ class World:
         package_model(src, out, name=MODEL, version=version,
                       signer=ekeys.load_signer(self.release_ref),
                       recipients=recipients or [self.device_pub,
-                                                ekeys.load_public_key(self.archive_ref)],
+                                                ekeys.load_public_key(self.archive_ref)]
+                      + ([self.key_service_pub] if self.key_service_pub is not None else []),
                       policy=policy)
         return out
 
@@ -114,9 +117,15 @@ class World:
         return list(body.get("events", body if isinstance(body, list) else []))
 
 
-def _build_world(tmp: Path, token: SoftHSMToken, stack: contextlib.ExitStack) -> World:
+def _build_world(tmp: Path, token: SoftHSMToken | None, stack: contextlib.ExitStack, *,
+                 keystore: Keystore | None = None,
+                 keystore_config: dict[str, Any] | None = None,
+                 key_service: bool = False) -> World:
     """A fresh real world: update server (SQLite, in a thread), TUF repository, release keys,
-    real ONNX models and a holdout set, and one device enrolled with its key in ``token``."""
+    real ONNX models and a holdout set, and one device enrolled with its key in ``token`` (or
+    in ``keystore``, configured by ``keystore_config``: the TPM variant).
+    ``key_service``: the server holds a key-service key in its own SoftHSM2 token (a known
+    recipient of the repository) and grants keys to devices enrolled after packaging."""
     from werkzeug.serving import make_server
 
     from update_server import schema
@@ -125,16 +134,26 @@ def _build_world(tmp: Path, token: SoftHSMToken, stack: contextlib.ExitStack) ->
     from update_server.config import load_config
     from update_server.db import get_db
 
-    keystore = Pkcs11Keystore(token.uri())
+    if keystore is None:
+        assert token is not None
+        keystore = Pkcs11Keystore(token.uri())
+        keystore_config = {"keystore_type": "pkcs11", "token_uri": token.uri()}
     device_pub = keystore.ensure_device_key()
     keys = role_keys(tmp / "keys")
     release = write_key(tmp / "keys" / "release.pem", "ed25519")
     archive = write_key(tmp / "keys" / "archive.pem", "p256")
     dev_pub_file = tmp / "keys" / "device.pub.pem"
     dev_pub_file.write_bytes(ekeys.public_key_pem(device_pub))
+    recipients, server_keys, ks_pub = [str(dev_pub_file)], {}, None
+    if key_service:
+        ks_token = init_token(f"keysvc-{uuid.uuid4().hex[:12]}")
+        ks_pub = ekeys.generate_token_keypair(ks_token.uri(), "key-service", usage="derive")
+        (tmp / "keys" / "key-service.pub.pem").write_bytes(ekeys.public_key_pem(ks_pub))
+        recipients.append(str(tmp / "keys" / "key-service.pub.pem"))
+        server_keys["key_service_key"] = ekeys.key_uri(ks_token.uri(), "key-service")
     repo = tmp / "repo"
     erepo.init_repo(repo, keys, release_signer=release, archive_key=archive,
-                    recipients=[str(dev_pub_file)])
+                    recipients=recipients)
 
     # models: v1, v2 (small retrain: a delta), v3 (regressed), v4 (fine on holdout)
     x, y = blobs_dataset(400, 16, 4, seed=7)
@@ -154,7 +173,7 @@ def _build_world(tmp: Path, token: SoftHSMToken, stack: contextlib.ExitStack) ->
     db_url = f"sqlite:///{tmp / 'server.db'}"
     schema.upgrade(db_url)
     cfg = load_config(env={}, database_url=db_url, poll_interval=60, testing=True,
-                      repo_dir=str(repo), secret_key="e2e-secret")
+                      repo_dir=str(repo), secret_key="e2e-secret", **server_keys)
     app = create_app(cfg)
     with app.app_context(), get_db(app).session() as s:
         operator = create_operator_token(s, name="e2e", role="admin")[1]
@@ -168,10 +187,10 @@ def _build_world(tmp: Path, token: SoftHSMToken, stack: contextlib.ExitStack) ->
 
     state = tmp / "device"
     config = Config(server_url=url, state_dir=state, runtime_dir=tmp / "run",
-                    holdout_dir=holdout, keystore_type="pkcs11",
-                    token_uri=token.uri(), poll_interval=60, tags=("cam",))
+                    holdout_dir=holdout, poll_interval=60, tags=("cam",),
+                    **(keystore_config or {}))
     w = World(tmp, repo, release, archive, device_pub, url, app, operator, keystore, config,
-              holdout, models)
+              holdout, models, key_service_pub=ks_pub)
     enroll_device(config, keystore, enrollment_token=enroll_token,
                   trusted_root=(repo / "metadata" / "1.root.json").read_bytes(),
                   release_keys=[load_release_key_pem(write_public(release, tmp / "rel.pub"))])
@@ -180,14 +199,14 @@ def _build_world(tmp: Path, token: SoftHSMToken, stack: contextlib.ExitStack) ->
 
 @pytest.fixture
 def e2e_world(tmp_path_factory: pytest.TempPathFactory,
-              softhsm_env: Path) -> Iterator[Callable[[], World]]:
+              softhsm_env: Path) -> Iterator[Callable[..., World]]:
     """The shared real-world factory: each call builds a fresh, independent world (its own
     server, repository and SoftHSM2 token), so e2e tests never depend on each other's order."""
     with contextlib.ExitStack() as stack:
-        def make() -> World:
+        def make(*, key_service: bool = False) -> World:
             tmp = tmp_path_factory.mktemp("e2e")
             token = init_token(f"e2e-{uuid.uuid4().hex[:12]}")
-            return _build_world(tmp, token, stack)
+            return _build_world(tmp, token, stack, key_service=key_service)
         yield make
 
 

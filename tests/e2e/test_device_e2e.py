@@ -119,7 +119,7 @@ def test_v3_rejected_by_holdout_validation_with_reason_on_server(world: World) -
     world.rollout("3.0.0")
     m = _cycle_until(world, "3.0.0", Phase.REJECTED, healthy=None)
     assert m["phase"] == "rejected" and "holdout validation failed" in m["reason"], m
-    assert "dropped" in m["reason"]
+    assert "max_regression: top1_accuracy worsened" in m["reason"]  # the rule that decided
     assert _active_plaintext(world) == world.models["2.0.0"]
     ev = [e for e in world.device_events() if e["type"] == "rejected" and e["version"] == "3.0.0"]
     assert ev and "holdout validation failed" in ev[-1]["details"]["reason"]

@@ -37,6 +37,7 @@ if __name__ == "__main__":  # driver mode: make the repository importable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from device_updater.recovery import run_recovery
 from device_updater.slots import BundleSealer, ModelSummary, SlotStore
 from device_updater.state import (
     Committed,
@@ -51,7 +52,6 @@ from device_updater.state import (
     UpdateState,
     Validated,
     Verified,
-    run_recovery,
     transition,
 )
 from edgepkg.keys._software import FileRecipientKey

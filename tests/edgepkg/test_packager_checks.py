@@ -8,8 +8,9 @@ import pytest
 
 from edgepkg.cli import main as cli_main
 from edgepkg.errors import FormatError, UsageError
-from edgepkg.formats import build, check_load, detect
+from edgepkg.formats import build, detect
 from edgepkg.formats._fbreader import Buf
+from edgepkg.formats.loadcheck import check_load
 from fuzz import _seeds
 
 

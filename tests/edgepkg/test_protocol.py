@@ -80,6 +80,37 @@ def test_assignment_round_trips_and_rejects_bad_shapes() -> None:
         p.parse_checkin_response({"assignments": [a.to_json()] * 65})
 
 
+def test_assignment_key_grants_are_optional_bounded_and_bound_to_its_targets() -> None:
+    full, delta = "models/m/2.0.0/m-2.0.0.edgepkg", "models/m/2.0.0/m-2.0.0.from-1.0.0.edgepkg"
+    plain = p.Assignment(model="m", version="2.0.0", target=full, delta_target=delta)
+    # Old servers send no key_grants, old devices ignore it: absent means "no grants".
+    assert "key_grants" not in plain.to_json()
+    assert p.parse_assignment(plain.to_json()).key_grants == {}
+    grant = {"format": "edgepkg-key-grant", "wrapped_key": "AAAA"}
+    a = p.Assignment(model="m", version="2.0.0", target=full, delta_target=delta,
+                     key_grants={full: grant, delta: grant})
+    assert p.parse_assignment(a.to_json()) == a
+    body = a.to_json()
+    for bad, field in (
+        ({"models/x/other.edgepkg": grant}, "key_grants"),  # not a target of this assignment
+        ({full: "not an object"}, f"key_grants[{full!r}]"),
+        ({full: {"pad": "x" * p.MAX_KEY_GRANT_BYTES}}, f"key_grants[{full!r}]"),
+        ([grant], "key_grants"),
+    ):
+        with pytest.raises(p.ProtocolError) as info:
+            p.parse_assignment({**body, "key_grants": bad})
+        assert info.value.field == field
+    no_delta = {**body, "delta_target": None}
+    with pytest.raises(p.ProtocolError):
+        p.parse_assignment(no_delta)  # the delta grant names a target the reply no longer has
+
+
+def test_key_grant_bound_agrees_with_the_grant_parser() -> None:
+    from edgepkg.grants import MAX_GRANT_BYTES
+
+    assert p.MAX_KEY_GRANT_BYTES == MAX_GRANT_BYTES
+
+
 def test_models_report_parsing() -> None:
     raw = {"m": {"active_slot": "a", "slots": {"a": {"version": "1.0.0", "sha256": "0" * 64},
                                                "b": None}}}

@@ -15,7 +15,9 @@ import pytest
 
 PACKAGES = ("edgepkg", "update_server", "device_updater")
 
-PURE_CORES = ("edgepkg.protocol", "edgepkg.delta._format", "edgepkg.repo._policy")
+PURE_CORES = (
+    "edgepkg.protocol", "edgepkg.delta._format", "edgepkg.repo._policy", "edgepkg.repo._fleet",
+)
 IO_LIBRARIES = (
     "cryptography", "pkcs11", "zstandard", "requests", "flask", "sqlalchemy", "tuf", "numpy",
 )

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response
 
 from edgepkg.protocol import (
     ROLLOUT_ID_RE,
@@ -29,20 +31,41 @@ from update_server import _validate as v
 from update_server._crypto import parse_device_public_key
 from update_server.config import ServerConfig
 from update_server.db import get_session
+from update_server.devices import quotas
 from update_server.devices.assignments import safe_assignments
-from update_server.devices.auth import DeviceRecord, authenticate_device, require_own_device
+from update_server.devices.auth import (
+    DeviceRecord,
+    authenticate_device,
+    burn_nonce_after_error,
+    require_own_device,
+)
 from update_server.devices.models import Device, DeviceModel, Event
 from update_server.errors import (
     BadRequestError,
     ConflictError,
     NotFoundError,
+    UnauthorizedError,
 )
+from update_server.grants.service import with_grants
 from update_server.operators.auth import consume_enrollment_token, hash_token
 from update_server.operators.models import EnrollmentToken
 from update_server.rollouts import device_path as rollouts
 from update_server.services import services
 
 bp = Blueprint("devices_api", __name__, url_prefix="/api/v1")
+log = logging.getLogger(__name__)
+
+
+@bp.after_request
+def _burn_nonce_on_error(response: Response) -> Response:
+    if response.status_code >= 400 and "_edgepkg_device_nonce" in g:
+        try:
+            burn_nonce_after_error(get_session(), response.status_code)
+        except SQLAlchemyError:
+            # The database that failed the request may fail this too; the answer stands (the
+            # request's effects were rolled back) and the timestamp window still bounds replay.
+            log.warning("could not record the nonce of a refused device request", exc_info=True)
+    return response
 
 
 def _config() -> ServerConfig:
@@ -89,6 +112,10 @@ def enroll() -> ResponseReturnValue:
         )
         if row is not None and existing.enrollment_token_id == row.id and existing.enabled:
             return jsonify(EnrollResult(device_id, cfg.poll_interval).to_json()), 200
+        if row is None or row.revoked or (row.expires_at is not None and row.expires_at <= now):
+            # The same answer as for an unknown key, or a bad token would tell whether a
+            # public key is enrolled (a 409 here and a 401 there was that oracle).
+            raise UnauthorizedError("enrollment token is not valid", code="bad_enrollment_token")
         raise ConflictError("a device with this key is already enrolled", code="already_enrolled")
     row = consume_enrollment_token(db, token, now)
     # Tags select rollouts, so only the operator decides them (through the enrollment token or
@@ -158,6 +185,7 @@ def checkin(device_id: str) -> ResponseReturnValue:
     releases = services().current_releases()
     proposed = rollouts.assignments_for_device(db, device, releases, now)
     assignments = safe_assignments(proposed, releases, running)
+    assignments = with_grants(current_app, db, device, assignments, releases, now)
     db.commit()
     answer = CheckinResponse(poll_interval=cfg.poll_interval, assignments=assignments)
     return jsonify(answer.to_json())
@@ -221,6 +249,11 @@ def post_events(device_id: str) -> ResponseReturnValue:
         e = parse_event(raw, i)
         parsed.setdefault(e.id, e)
     now = _now()
+    # Counted before anything is stored: a refused batch (429) leaves no rows behind.
+    quotas.charge(
+        db.connection(), device.id, "events", count=len(raw_events),
+        nbytes=len(request.get_data()), now=now, quota=quotas.quota_for(cfg, "events"),
+    )
     insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
     table = Event.__table__  # a Table
     accepted_ids: list[str] = []

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, cast
 
-from flask import Request
+from flask import Request, g
 from sqlalchemy import Connection, Table, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -165,9 +165,12 @@ def authenticate_device(
         request.method, request_path_with_query(request), timestamp, nonce, request.get_data()
     )
     verify_device_signature(pem, signature, message)
+    # From here the request is genuinely the device's: its nonce must be burned even if the
+    # request ends in a 4xx (the rollback of that request would un-burn it otherwise).
+    g._edgepkg_device_nonce = (device_id, nonce, now, window_s)
+    _record_nonce(conn, device_id, nonce, now, window_s)  # a replay is refused as a replay
     if not device.enabled:
         raise ForbiddenError("this device is disabled by an operator", code="device_disabled")
-    _record_nonce(conn, device_id, nonce, now, window_s)
     return device
 
 
@@ -183,6 +186,23 @@ def _record_nonce(
     )
     if res.first() is None:
         raise UnauthorizedError("nonce already used: replayed request", code="replay")
+
+
+def burn_nonce_after_error(session: Session, status: int) -> None:
+    """After a 4xx/5xx answer to a request whose signature verified: roll back what the request
+    did and commit its nonce alone, so the same signed request cannot be replayed."""
+    pending = g.pop("_edgepkg_device_nonce", None)
+    if pending is None or status < 400:
+        return
+    device_id, nonce, now, window_s = pending
+    session.rollback()
+    conn = session.connection()
+    expires = now + dt.timedelta(seconds=2 * window_s + 1)
+    conn.execute(
+        _NONCE_INSERT[conn.dialect.name == "postgresql"],
+        {"device_id": device_id, "nonce": nonce, "expires_at": expires},
+    )
+    session.commit()
 
 
 def _maybe_purge(conn: Connection, now: dt.datetime) -> None:

@@ -113,3 +113,20 @@ class Nonce(Base):
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class DeviceQuotaUsage(Base):
+    """What a device sent in the current minute and UTC day, per kind ("events", "telemetry"):
+    the counters behind the per-device quotas (``devices/quotas.py``)."""
+
+    __tablename__ = "device_quota_usage"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    minute_start: Mapped[dt.datetime] = mapped_column()
+    minute_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    day_start: Mapped[dt.datetime] = mapped_column()
+    day_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    day_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

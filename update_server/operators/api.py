@@ -62,13 +62,8 @@ def event_json(e: Event) -> dict[str, Any]:
 
 
 def _page_args() -> tuple[int, int]:
-    try:
-        limit = int(request.args.get("limit", "100"))
-        offset = int(request.args.get("offset", "0"))
-    except ValueError:
-        raise BadRequestError("limit and offset must be integers") from None
-    if not 1 <= limit <= MAX_PAGE or offset < 0:
-        raise BadRequestError(f"limit must be 1..{MAX_PAGE} and offset >= 0")
+    limit = v.query_int(request, "limit", 100, minimum=1, maximum=MAX_PAGE)
+    offset = v.query_int(request, "offset", 0, minimum=0)
     return limit, offset
 
 

@@ -24,6 +24,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -34,7 +35,7 @@ from flask import (
     session,
     url_for,
 )
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response
@@ -44,15 +45,25 @@ from update_server.errors import (
     BadRequestError,
     ConflictError,
     ForbiddenError,
+    TooManyRequestsError,
     UnauthorizedError,
 )
-from update_server.operators.models import ROLES, EnrollmentToken, OperatorToken, User
+from update_server.operators import throttle
+from update_server.operators.models import (
+    ROLES,
+    EnrollmentToken,
+    OperatorSession,
+    OperatorToken,
+    User,
+)
+from update_server.services import services
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 OPERATOR_TOKEN_PREFIX = "epo_"
 ENROLLMENT_TOKEN_PREFIX = "epe_"
 _SESSION_KEY = "edgepkg_operator"
+SESSION_LIFETIME = dt.timedelta(hours=12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +215,19 @@ def _session_operator(db: Session, now: dt.datetime) -> Operator | None:
     data = session.get(_SESSION_KEY)
     if not isinstance(data, dict):
         return None
-    kind, ident = data.get("kind"), data.get("id")
+    kind, ident, sid = data.get("kind"), data.get("id"), data.get("sid")
+    # The signed cookie alone is not enough: its server-side session must still exist (logout
+    # deletes it), so a copied cookie dies at logout.
+    if not isinstance(sid, str) or len(sid) > 64:
+        return None
+    row_s = db.get(OperatorSession, sid)
+    if (
+        row_s is None
+        or row_s.expires_at <= now
+        or row_s.kind != kind
+        or row_s.operator_id != str(ident)
+    ):
+        return None
     if kind == "token":
         row = db.get(OperatorToken, str(ident))
         if row is None or row.revoked or (row.expires_at is not None and row.expires_at <= now):
@@ -234,6 +257,7 @@ def current_operator() -> Operator | None:
     now = utcnow()
     header = request.headers.get("Authorization")
     op: Operator | None
+    g._edgepkg_by_header = bool(header)
     if header:
         op = authenticate_bearer(db, header, now)
     elif is_api_request():
@@ -242,6 +266,13 @@ def current_operator() -> Operator | None:
         op = _session_operator(db, now)
     g._edgepkg_operator = op
     return op
+
+
+def authenticated_by_header() -> bool:
+    """Whether this request's operator came from a non-empty ``Authorization`` header (so no
+    cookie vouched for it and CSRF cannot apply). False when a session cookie did, or nobody."""
+    op = current_operator()
+    return op is not None and bool(g.get("_edgepkg_by_header"))
 
 
 def require_operator(role: str) -> Callable[[F], F]:
@@ -267,23 +298,55 @@ def require_operator(role: str) -> Callable[[F], F]:
     return decorate
 
 
-def login_operator(op: Operator) -> None:
-    """Start a dashboard session for ``op`` (call after checking credentials)."""
+def login_operator(db: Session, op: Operator, now: dt.datetime) -> None:
+    """Start a dashboard session for ``op`` (call after checking credentials; caller commits).
+
+    The cookie holds a random session id whose row the server checks on every request."""
     session.clear()
-    session[_SESSION_KEY] = {"kind": op.kind, "id": op.id}
+    sid = secrets.token_urlsafe(32)
+    db.add(
+        OperatorSession(
+            id=sid, kind=op.kind, operator_id=op.id, created_at=now,
+            expires_at=now + SESSION_LIFETIME,
+        )
+    )
+    # Expired sessions of anyone are dropped here: logins are rare, so this bounds the table.
+    db.execute(delete(OperatorSession).where(OperatorSession.expires_at <= now))
+    session[_SESSION_KEY] = {"kind": op.kind, "id": op.id, "sid": sid}
     session.permanent = True
     g._edgepkg_operator = op
 
 
-def logout_operator() -> None:
+def logout_operator(db: Session) -> None:
+    """End the session server-side too (caller commits): its cookie is worthless from now on."""
+    data = session.get(_SESSION_KEY)
+    sid = data.get("sid") if isinstance(data, dict) else None
+    if isinstance(sid, str):
+        db.execute(delete(OperatorSession).where(OperatorSession.id == sid))
     session.clear()
     g._edgepkg_operator = None
 
 
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("index")
+_UNSAFE_IN_NEXT = frozenset("\\\r\n\t\x00")
+
+
+def safe_next(target: str | None) -> str:
+    """``target`` if it is a same-origin relative path, else the start page.
+
+    Browsers drop tab/CR/LF inside URLs (``/\t/evil.example`` becomes ``//evil.example``,
+    a different host) and treat ``\\`` like ``/``, so any of those, any control character,
+    a ``//`` start or a scheme/host in the parsed result means "not ours"."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return url_for("index")
+    if any(c in _UNSAFE_IN_NEXT or ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return url_for("index")
+    parsed = urlsplit(target)
+    if parsed.scheme or parsed.netloc:
+        return url_for("index")
+    return target
+
+
+_safe_next = safe_next  # the old private name
 
 
 # --- login / logout pages --------------------------------------------------------------------
@@ -291,14 +354,45 @@ def _safe_next(target: str | None) -> str:
 bp = Blueprint("auth", __name__)
 
 
+def _policy() -> throttle.ThrottlePolicy:
+    cfg = services().config
+    return throttle.ThrottlePolicy(
+        user_free_failures=cfg.login_user_free_failures,
+        ip_free_failures=cfg.login_ip_free_failures,
+        lockout_base_s=cfg.login_lockout_base_s,
+        lockout_max_s=cfg.login_lockout_max_s,
+        window_s=cfg.login_failure_window_s,
+    )
+
+
+def _now() -> dt.datetime:
+    return services().now()
+
+
+def _wants_html() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html"
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Response | str | tuple[str, int]:
     error = None
     if request.method == "POST":
         db = get_session()
+        now = _now()  # the app's clock (tests fix it); sessions and tokens use the wall clock
         token = request.form.get("token", "").strip()
         username = request.form.get("username", "").strip()
         password = request.form.get("password", "")
+        keys = throttle.login_keys(request.remote_addr, None if token else username)
+        try:
+            throttle.check(db, keys, now)  # before any hashing: a locked key costs one SELECT
+        except TooManyRequestsError as exc:
+            if not _wants_html():
+                raise
+            page = render_template("login.html", error=exc.message)
+            return Response(
+                page, 429, {"Retry-After": str(exc.retry_after_s)}, mimetype="text/html"
+            )
         try:
             if token:
                 op = authenticate_bearer(db, "Bearer " + token, utcnow())
@@ -308,14 +402,21 @@ def login() -> Response | str | tuple[str, int]:
                 raise UnauthorizedError("enter an operator token or a username and password")
         except UnauthorizedError as exc:
             error = exc.message
+            if token or username:
+                throttle.record_failure(db, keys, now, _policy())
+                db.commit()
         else:
-            login_operator(op)
-            return redirect(_safe_next(request.args.get("next")))
+            throttle.record_success(db, keys)
+            login_operator(db, op, utcnow())  # wall clock, as current_operator checks it
+            db.commit()
+            return redirect(safe_next(request.args.get("next")))
         return render_template("login.html", error=error), 401
     return render_template("login.html", error=error)
 
 
 @bp.post("/logout")
 def logout() -> Response:
-    logout_operator()
+    db = get_session()
+    logout_operator(db)
+    db.commit()
     return redirect(url_for("auth.login"))

@@ -59,3 +59,31 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     disabled: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+# --- issue 13: server-side dashboard sessions and login throttling ----------------------------
+
+
+class OperatorSession(Base):
+    """A dashboard session: the cookie carries only ``id``; logout deletes the row, so a copied
+    cookie dies with it (the signed cookie alone would stay valid for its whole lifetime)."""
+
+    __tablename__ = "operator_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "user" or "token"
+    operator_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+
+
+class LoginThrottle(Base):
+    """Failed logins per key (``ip:<address>`` or ``user:<sha256 of the name>``), shared by
+    every app node through the database, and the lockout they earned."""
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime] = mapped_column()
+    locked_until: Mapped[dt.datetime | None] = mapped_column(default=None)

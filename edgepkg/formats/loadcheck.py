@@ -61,7 +61,7 @@ def check_load(
             model = Path(tmp) / "model.tflite"
             model.write_bytes(data)
         arena = info.requirements.get("arena_size")
-        argv = [sys.executable, "-m", "edgepkg.formats._loadcheck", info.format, str(model),
+        argv = [sys.executable, "-m", "edgepkg.formats.loadcheck", info.format, str(model),
                 str(arena if isinstance(arena, int) else 0)]
         # the child imports this very module, wherever it was imported from
         root = str(Path(__file__).resolve().parents[2])
