@@ -27,6 +27,7 @@ from urllib.parse import quote
 import requests
 
 from device_updater import errors
+from device_updater._deadline import deadline, watch_session
 from device_updater.errors import TransportError, UntrustedDeviceInputError
 from edgepkg.errors import ProtocolError
 from edgepkg.protocol import (
@@ -46,6 +47,12 @@ from edgepkg.protocol import (
 
 MAX_RESPONSE_BYTES = 1 << 20  # JSON API answers are small; refuse anything bigger than 1 MiB
 DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds
+
+
+def request_deadline(timeout: tuple[float, float]) -> float:
+    """Seconds one whole API call may take: the read timeout bounds each socket read only, and a
+    server trickling its answer would otherwise hold the update cycle forever."""
+    return timeout[0] + 2 * timeout[1]
 
 
 __all__ = [
@@ -151,14 +158,23 @@ def _request(
         headers["Content-Type"] = "application/json"
     if auth is not None:
         headers.update(auth.headers(method, url, body))
-    try:
-        resp = session.request(
-            method, url, data=body if payload is not None else None, headers=headers,
-            timeout=timeout, stream=True, allow_redirects=False,
-        )
-    except requests.RequestException as exc:
-        raise TransportError(f"{method} {url}: {describe_transport_error(exc)}") from exc
-    data = _read_limited(resp, MAX_RESPONSE_BYTES)
+    limit = request_deadline(timeout)
+    with deadline(limit) as watch:
+        try:
+            resp = session.request(
+                method, url, data=body if payload is not None else None, headers=headers,
+                timeout=timeout, stream=True, allow_redirects=False,
+            )
+            data = _read_limited(resp, MAX_RESPONSE_BYTES)
+            if watch.fired:  # the answer was cut by the deadline, not complete
+                raise TransportError(f"{method} {url}: answer cut at the deadline")
+        except (requests.RequestException, TransportError) as exc:
+            if watch.fired:
+                raise TransportError(
+                    f"{method} {url}: no complete answer within {limit:.0f} s") from exc
+            if isinstance(exc, TransportError):
+                raise
+            raise TransportError(f"{method} {url}: {describe_transport_error(exc)}") from exc
     status = resp.status_code
     if status == 429:
         wait = retry_after_seconds(resp.headers.get("Retry-After"))
@@ -171,7 +187,7 @@ def _request(
         try:
             err = json.loads(data).get("error", {})
             code, message = str(err.get("code", "")), str(err.get("message", message))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             pass
         raise ServerRefusedError(f"{method} {url}: server refused ({status}): {message}",
                                  status=status, code=code)
@@ -181,6 +197,8 @@ def _request(
         return json.loads(data)
     except ValueError as exc:
         raise BadResponseError(f"{method} {url}: answer is not JSON") from exc
+    except RecursionError as exc:  # 1 MiB of "[" is valid-looking JSON nested past the stack
+        raise BadResponseError(f"{method} {url}: answer is nested too deeply") from exc
 
 
 def describe_transport_error(exc: requests.RequestException) -> str:
@@ -234,7 +252,8 @@ def enroll(
 ) -> EnrollResult:
     """Register this device's public key with the server using a one-time enrollment token."""
     answer = _request(
-        session or requests.Session(), "POST", _join(server_url, "/api/v1/enroll"),
+        watch_session(session or requests.Session()), "POST",
+        _join(server_url, "/api/v1/enroll"),
         payload={"enrollment_token": enrollment_token, "public_key_pem": public_key_pem,
                  "facts": dict(facts), "tags": list(tags)},
         auth=None, timeout=timeout,
@@ -257,7 +276,7 @@ class DeviceClient:
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.auth = auth
-        self.session = session or requests.Session()
+        self.session = watch_session(session or requests.Session())
         self.timeout = timeout
         self.requests_made = 0
         self._clock = clock

@@ -28,11 +28,11 @@ from device_updater.state import Event, FallBackToFull, Phase, Reject, Retry
 from edgepkg.errors import (
     BundleError,
     DeltaError,
+    GrantExpiredError,
     NotARecipientError,
     TooLargeError,
     UntrustedInputError,
 )
-from edgepkg.grants import GrantExpiredError
 
 
 class Action(StrEnum):

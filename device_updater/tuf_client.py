@@ -30,6 +30,8 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
+from device_updater._deadline import deadline, expired, watch_session
+
 # The error classes live in device_updater.errors so that the pure failure table
 # (device_updater.outcomes) can name them without importing tuf and requests.
 from device_updater.errors import MetadataExpiredError as MetadataExpiredError
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 
 BOOTSTRAP_ROOT_NAME = "trusted-root.json"
 MAX_ROOT_BYTES = 512 * 1024
+# A download may take connect + 2 x read timeout, plus its signed length at this floor rate: a
+# server trickling bytes inside the read timeout cannot hold the update cycle forever.
+MIN_DOWNLOAD_RATE = 16 * 1024  # bytes per second
 
 
 def _translate(exc: Exception, what: str) -> TufError:
@@ -82,7 +87,7 @@ class DeviceFetcher(FetcherInterface):
         resume_prefixes: tuple[str, ...] = (),
     ) -> None:
         self._auth = auth
-        self._session = session or requests.Session()
+        self._session = watch_session(session or requests.Session())
         self._timeout = (connect_timeout, read_timeout)
         self._chunk = chunk_size
         self._resume_dir = Path(resume_dir) if resume_dir is not None else None
@@ -103,6 +108,9 @@ class DeviceFetcher(FetcherInterface):
             raise tuf_exc.SlowRetrievalError(f"timed out fetching {url}") from exc
         except requests.RequestException as exc:
             raise tuf_exc.DownloadError(f"cannot fetch {url}: {exc.__class__.__name__}") from exc
+        if expired():  # headers cut by the deadline: not an answer
+            resp.close()
+            raise tuf_exc.SlowRetrievalError(f"GET {url}: answer cut at the deadline")
         if resp.status_code >= 300:
             status = resp.status_code
             resp.close()
@@ -114,6 +122,8 @@ class DeviceFetcher(FetcherInterface):
             for chunk in resp.iter_content(self._chunk):
                 self.bytes_received += len(chunk)
                 yield chunk
+            if expired():  # a body cut by the deadline must not reach verification as complete
+                raise tuf_exc.SlowRetrievalError("download cut at the deadline")
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise tuf_exc.SlowRetrievalError(f"connection lost: {exc.__class__.__name__}") from exc
         except requests.RequestException as exc:
@@ -130,16 +140,33 @@ class DeviceFetcher(FetcherInterface):
             return None
         return self._resume_dir / f"{hashlib.sha256(url.encode()).hexdigest()}.partial"
 
+    def deadline_for(self, max_length: int) -> float:
+        """Seconds a download of at most ``max_length`` bytes may take, all reads together."""
+        return self._timeout[0] + 2 * self._timeout[1] + max_length / MIN_DOWNLOAD_RATE
+
+    @contextlib.contextmanager
+    def _bounded(self, url: str, max_length: int) -> Iterator[None]:
+        limit = self.deadline_for(max_length)
+        with deadline(limit) as watch:
+            try:
+                yield
+            except tuf_exc.DownloadError:
+                if watch.fired:
+                    raise tuf_exc.SlowRetrievalError(
+                        f"{url}: not downloaded within {limit:.0f} s") from None
+                raise
+
     @contextlib.contextmanager
     def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
         part = self.partial_path(url)
         if part is None:
-            with super().download_file(url, max_length) as fh:
+            with self._bounded(url, max_length), super().download_file(url, max_length) as fh:
                 yield fh
             return
         part.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._download_resumable(url, part, max_length)
+            with self._bounded(url, max_length):
+                self._download_resumable(url, part, max_length)
         except tuf_exc.DownloadError:
             raise
         except OSError as exc:

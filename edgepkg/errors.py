@@ -97,3 +97,18 @@ class ProtocolError(UntrustedInputError):
         super().__init__(message)
         self.field = field
         self.code = code
+
+
+# --- key grants ------------------------------------------------------------------------------
+
+
+class GrantError(UntrustedInputError):
+    """A key grant is malformed, or cannot be used here."""
+
+
+class GrantExpiredError(GrantError):
+    """The grant's expiry time has passed (ask the server for a fresh one)."""
+
+
+class GrantMismatchError(GrantError):
+    """The grant is for another device or another release."""

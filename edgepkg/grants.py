@@ -54,9 +54,11 @@ from edgepkg.crypto import (
     wrap_data_key,
 )
 from edgepkg.errors import (
+    GrantError,
+    GrantExpiredError,
+    GrantMismatchError,
     NotARecipientError,
     TamperedError,
-    UntrustedInputError,
     UsageError,
 )
 from edgepkg.keys._types import PublicKey, RecipientKey
@@ -76,16 +78,8 @@ _FIELDS = frozenset({"format", "version", "device_id", "release_sha256", "model"
                      "issued_at", "expires_at", "key_service", "wrapped_key"})
 
 
-class GrantError(UntrustedInputError):
-    """A key grant is malformed, or cannot be used here."""
-
-
-class GrantExpiredError(GrantError):
-    """The grant's expiry time has passed (ask the server for a fresh one)."""
-
-
-class GrantMismatchError(GrantError):
-    """The grant is for another device or another release."""
+# The errors live in edgepkg.errors so pure cores (the device's outcome table) can name them
+# without loading the crypto this module needs.
 
 
 @dataclass(frozen=True)

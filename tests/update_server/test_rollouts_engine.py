@@ -312,6 +312,8 @@ def test_parse_spec_defaults_and_groups() -> None:
         {"model": "det", "version": "1.0.0", "stages": [{"percent": "100"}]},
         {"model": "det", "version": "1.0.0", "stages": [{"percent": math.inf}]},
         {"model": "det", "version": "1.0.0", "failure_share": 0},
+        {"model": "det", "version": "1.0.0", "success_share": 10**400},  # was a 500 (fuzz.api)
+        {"model": "det", "version": "1.0.0", "failure_share": -(10**400)},
         {"model": "det", "version": "1.0.0", "min_devices": True},
         {"model": "det", "version": "1.0.0", "on_failure": "explode"},
         {"model": "det", "version": "1.0.0", "selector": {"tags": "a"}},

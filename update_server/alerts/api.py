@@ -51,7 +51,7 @@ OPENAPI_PATHS: dict[str, Any] = {
             "security": _SEC,
             "x-required-role": "viewer",
             "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string"}}],
-            "responses": {"200": _OBJ, "401": _ERR, "403": _ERR},
+            "responses": {"200": _OBJ, "400": _ERR, "401": _ERR, "403": _ERR},
         }
     },
 }

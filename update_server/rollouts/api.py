@@ -238,6 +238,7 @@ def _action(summary: str, code: str = "200") -> dict[str, Any]:
             },
             "responses": {
                 code: _ok("the rollout"),
+                "400": _ERR,
                 "401": _ERR,
                 "403": _ERR,
                 "404": _ERR,
@@ -274,7 +275,12 @@ OPENAPI_PATHS: dict[str, Any] = {
                     "schema": {"type": "string", "enum": list(STATUSES)},
                 }
             ],
-            "responses": {"200": _ok("rollouts", {"type": "object"}), "401": _ERR, "403": _ERR},
+            "responses": {
+                "200": _ok("rollouts", {"type": "object"}),
+                "400": _ERR,
+                "401": _ERR,
+                "403": _ERR,
+            },
         },
     },
     "/api/v1/rollouts/{rollout_id}": {
@@ -283,7 +289,13 @@ OPENAPI_PATHS: dict[str, Any] = {
             "security": _SEC,
             "x-required-role": "viewer",
             "parameters": [_ID],
-            "responses": {"200": _ok("the rollout"), "401": _ERR, "403": _ERR, "404": _ERR},
+            "responses": {
+                "200": _ok("the rollout"),
+                "400": _ERR,
+                "401": _ERR,
+                "403": _ERR,
+                "404": _ERR,
+            },
         }
     },
     "/api/v1/rollouts/{rollout_id}/pause": _action("Pause a running rollout"),

@@ -22,7 +22,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
 def _num(obj: Mapping[str, Any], key: str, default: float, lo: float, hi: float) -> float:
     v = obj.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    # math.isfinite(10**400) raises OverflowError: only floats can be non-finite, and a huge int
+    # fails the range check below (int/float comparison is exact)
+    if (isinstance(v, bool) or not isinstance(v, int | float)
+            or (isinstance(v, float) and not math.isfinite(v))):
         raise RolloutSpecError(f"{key} must be a number")
     if not lo <= v <= hi:
         raise RolloutSpecError(f"{key} must be between {lo:g} and {hi:g}")
