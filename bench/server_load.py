@@ -45,10 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
-from update_server import schema
-from update_server._crypto import device_key_id, new_device_key, public_pem
-from update_server.db import Database, utcnow
-from update_server.devices.models import Device
+from update_server import schema  # noqa: E402 (after the sys.path set-up above)
+from update_server._crypto import device_key_id, new_device_key, public_pem  # noqa: E402 (after the sys.path set-up above)
+from update_server.db import Database, utcnow  # noqa: E402 (after the sys.path set-up above)
+from update_server.devices.models import Device  # noqa: E402 (after the sys.path set-up above)
 
 CHECKIN_SHARE = 0.8
 

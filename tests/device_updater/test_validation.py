@@ -138,7 +138,7 @@ def test_hanging_runner_is_killed_at_the_time_limit(versions: dict, tmp_path: Pa
         "import os, time\n"
         "if os.fork() == 0:\n    time.sleep(600)\n"  # a grandchild must die too
         "time.sleep(600)\n"))
-    with pytest.raises(RunnerTimeoutError, match="within 1.5s"):
+    with pytest.raises(RunnerTimeoutError, match=r"within 1\.5s"):
         measure(versions["dir"] / "v2.onnx", "raw", versions["holdout"], timeout=1.5,
                 runner=ExternalCommandRunner(argv))
 
@@ -157,7 +157,7 @@ def test_missing_runtime_is_reported_not_crashed(versions: dict, tmp_path: Path)
     if importlib.util.find_spec("tensorrt") is None:
         engine = tmp_path / "m.engine"
         engine.write_bytes(b"ftrt" + bytes(60))
-        with pytest.raises(RuntimeNotInstalledError, match="(?i)tensorrt is not installed"):
+        with pytest.raises(RuntimeNotInstalledError, match=r"(?i)tensorrt is not installed"):
             measure(engine, "tensorrt", versions["holdout"], timeout=30)
 
 

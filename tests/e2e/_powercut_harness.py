@@ -142,7 +142,7 @@ def run_updater(config: Path, command: str = "check", *, cut: Cut | None = None,
     seen = 0
     for raw in proc.stderr:
         line = raw.decode(errors="replace").rstrip("\n")
-        tail = (tail + [line])[-40:]
+        tail = [*tail, line][-40:]
         try:
             rec = json.loads(line)
         except ValueError:

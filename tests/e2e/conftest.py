@@ -32,8 +32,8 @@ from edgepkg import keys as ekeys
 from edgepkg import repo as erepo
 from edgepkg.bundle import package_model
 from edgepkg.formats.build import blobs_dataset, onnx_mlp_classifier, train_mlp
-from tests.fixtures.softhsm import SoftHSMToken, init_token
 from tests.edgepkg._repo_support import role_keys, write_key, write_public
+from tests.fixtures.softhsm import SoftHSMToken, init_token
 
 MODEL = "clf"
 POLICY = {"metric": "top1_accuracy", "max_regression": 0.02}

@@ -1,4 +1,5 @@
-"""install_delta: rebuild into the slot from the runtime export, or from the slot when the export is stale."""
+"""install_delta: rebuild into the slot from the runtime export, or from the slot when the
+export is stale."""
 
 from __future__ import annotations
 

@@ -44,8 +44,8 @@ import requests
 
 from device_updater.config import Config
 from device_updater.enrollment import enroll_device
-from device_updater.layout import Layout
 from device_updater.keystore import Pkcs11Keystore, load_release_key_pem
+from device_updater.layout import Layout
 from device_updater.slots import BundleSealer, SlotStore
 from device_updater.state import Phase, StateStore, UpdateState
 from device_updater.trial import HealthLog, HealthReport

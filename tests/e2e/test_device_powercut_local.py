@@ -34,12 +34,12 @@ REPO = Path(__file__).resolve().parents[2]
 if __name__ == "__main__":  # driver mode: make the repository importable
     sys.path.insert(0, str(REPO))
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization  # noqa: E402 (after the sys.path set-up above)
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402 (after the sys.path set-up above)
 
-from device_updater.recovery import run_recovery
-from device_updater.slots import BundleSealer, ModelSummary, SlotStore
-from device_updater.state import (
+from device_updater.recovery import run_recovery  # noqa: E402 (after the sys.path set-up above)
+from device_updater.slots import BundleSealer, ModelSummary, SlotStore  # noqa: E402 (after the sys.path set-up above)
+from device_updater.state import (  # noqa: E402 (after the sys.path set-up above)
     Committed,
     Downloaded,
     Installed,
@@ -54,7 +54,7 @@ from device_updater.state import (
     Verified,
     transition,
 )
-from edgepkg.keys._software import FileRecipientKey
+from edgepkg.keys._software import FileRecipientKey  # noqa: E402 (after the sys.path set-up above)
 
 MODEL_BYTES = 1 << 20
 CHUNK = 64 * 1024
@@ -201,7 +201,7 @@ def _fork_drive(root: Path, target: str, kill_at: int = 0) -> int:
         rc = 3
         try:
             rc = drive(root, target, kill_at)
-        except BaseException:  # noqa: BLE001 - report anything to the parent as exit 3
+        except BaseException:
             traceback.print_exc()
         os._exit(rc)
     _, status = os.waitpid(pid, 0)

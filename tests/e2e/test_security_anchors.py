@@ -17,8 +17,8 @@ import pytest
 import requests
 from tuf.api.metadata import Metadata, Root
 
-from device_updater.config import Config
 from device_updater.agent import Agent
+from device_updater.config import Config
 from device_updater.enrollment import enroll_device
 from device_updater.keystore import (
     ANCHORS_LABEL,
@@ -70,7 +70,7 @@ def test_trust_anchors_cannot_be_replaced_with_the_user_pin(softhsm_token, tmp_p
     # attacker with the user PIN only (no SO PIN), e.g. read from the daemon's pin-source
     evil = TrustAnchors(hashlib.sha256(b"attacker root").hexdigest(),
                         [_release_pem(tmp_path, "attacker")])
-    with pytest.raises(Exception):  # noqa: B017 - any refusal is fine
+    with pytest.raises(Exception):
         Pkcs11Keystore(softhsm_token.uri()).provision(evil)
     assert Pkcs11Keystore(softhsm_token.uri()).trust_anchors() == genuine
 
