@@ -25,6 +25,22 @@ REJECTED /    make sure ``expected_active`` is the active slot, discard the bad 
 ROLLED_BACK
 ============  ==================================================================================
 
+The previous good version set aside in a slot (``displaced/``) when a candidate's write began
+there (:mod:`device_updater._displaced`; interrupted renames are settled mechanically first, by
+:meth:`SlotStore.settle`). Decided on the phase *after* the rule above (``displaced_fate``):
+
+====================================================  ============================================
+the slot is the candidate's and an update is still    **keep** (INSTALLING .. TRIAL: a reject or a
+in progress                                           rollback will put it back)
+the slot is active (no candidate in progress there:   **drop** (COMMITTED: the other slot holds the
+committed, or a rollback that had nowhere to go)      version the candidate replaced)
+otherwise, the slot holds the abandoned candidate,    **restore** (REJECTED, ROLLED_BACK, IDLE, a
+a partial write or nothing                            candidate given up by the crash-loop cap)
+otherwise (the slot holds another complete model)     **drop** (a stale set-aside copy)
+====================================================  ============================================
+
+So after any outcome the device holds the active model plus the previous good version.
+
 Crash-loop cap: every recovery after a crash of an in-progress update counts a restart and every
 transition counts; past ``Limits.max_restarts`` / ``Limits.max_transitions`` the target is given up
 (REJECTED before the switch, ROLLED_BACK after it) with the reason recorded.
@@ -34,7 +50,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Literal, Protocol
 
 from device_updater.errors import StateError
 from device_updater.slot_values import ModelSummary, SlotsView, other_slot
@@ -48,8 +64,9 @@ _DEFAULT_LIMITS = Limits()
 @dataclass(frozen=True)
 class RecoveryAction:
     """What start-up does, in this order: save ``state`` (if ``save``), point at ``activate``,
-    discard slot ``discard`` (never the active one); then, if ``resume``, the daemon continues
-    the update from ``state.phase``."""
+    discard slot ``discard`` (never the active one), put back the previous version set aside in
+    the ``restore`` slots (never the active one) and delete the one in the ``drop`` slots; then,
+    if ``resume``, the daemon continues the update from ``state.phase``."""
 
     state: UpdateState
     save: bool = False
@@ -58,6 +75,43 @@ class RecoveryAction:
     resume: bool = False
     reason: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # After the discard: slots whose set-aside previous version is put back / deleted.
+    restore: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
+
+
+Fate = Literal["keep", "restore", "drop"]
+
+
+def displaced_fate(slots: SlotsView, name: str, state: UpdateState, final_active: str | None
+                   ) -> Fate:
+    """What happens to the version set aside in slot ``name`` once recovery has left the update
+    in ``state`` with ``final_active`` active (pure; the table in the module doc)."""
+    if not state.phase.terminal and name == state.slot:
+        return "keep"
+    if name == final_active:
+        return "drop"
+    st = slots.slots.get(name)
+    if st is None or st.info is None or holds_abandoned_candidate(slots, name, state.candidate):
+        return "restore"
+    return "drop"
+
+
+def _with_displaced(action: RecoveryAction, slots: SlotsView) -> RecoveryAction:
+    final_active = action.activate or slots.active
+    fates = {n: displaced_fate(slots, n, action.state, final_active)
+             for n, st in sorted(slots.slots.items()) if st.displaced}
+    restore = tuple(n for n, f in fates.items() if f == "restore")
+    drop = tuple(n for n, f in fates.items() if f == "drop")
+    if not restore and not drop:
+        return action
+    words = ([f"restore the previous version in slot {n}" for n in restore]
+             + [f"delete the set-aside version in slot {n}" for n in drop])
+    reason = action.reason if action.reason != "nothing to do" else ""
+    return replace(action, restore=restore, drop=drop,
+                   # restoring removes the abandoned candidate first: no separate discard
+                   discard=None if action.discard in restore else action.discard,
+                   reason="; ".join([r for r in (reason,) if r] + words))
 
 
 def recovery_action(state: UpdateState, slots: SlotsView, now: float,
@@ -69,6 +123,11 @@ def recovery_action(state: UpdateState, slots: SlotsView, now: float,
     toward the crash-loop cap; after a clean stop (``edge-updater check`` ending, SIGTERM) an
     update in progress simply resumes.
     """
+    return _with_displaced(_decide(state, slots, now, limits, crashed=crashed), slots)
+
+
+def _decide(state: UpdateState, slots: SlotsView, now: float, limits: Limits, *,
+            crashed: bool) -> RecoveryAction:
     s = state
     active = slots.active
     cand = s.slot
@@ -126,8 +185,11 @@ def recovery_action(state: UpdateState, slots: SlotsView, now: float,
     if s.phase is Phase.INSTALLING:
         if cand is None or cand == active:
             return _reject(restarted, slots, "install target slot is unknown or active")
+        # A complete other model there is the previous version (its displacement was undone
+        # by settle, or never began): the writer sets it aside; only leftovers are discarded.
         return RecoveryAction(state=restarted, save=True,
-                              discard=cand if _dirty(slots, cand) else None,
+                              discard=cand if holds_abandoned_candidate(
+                                  slots, cand, s.candidate) else None,
                               activate=fix_active(active, cand), resume=True,
                               reason="interrupted install: discard partial slot, install again")
     if s.phase in (Phase.VALIDATING, Phase.SHADOW):
@@ -176,8 +238,9 @@ def holds_abandoned_candidate(slots: SlotsView, name: str,
     there, which is then discarded: the data of an interrupted write, or the candidate itself.
 
     A complete slot holding another model is the previous good version, untouched because the
-    candidate was given up before its writer started (which is the moment that version is
-    dropped): it is kept, so the device still has two versions (docs/device-integrator.md).
+    candidate was given up before its writer started (which is the moment that version is set
+    aside, to be put back): it is kept, so the device still has two versions
+    (docs/device-integrator.md).
     Without a known candidate the slot is treated as the candidate's, as before.
     """
     st = slots.slots.get(name)
@@ -256,19 +319,27 @@ class RecoverySlots(Protocol):
 
     def discard(self, name: str) -> None: ...
 
+    def settle(self) -> None: ...
+
+    def restore_displaced(self, name: str) -> bool: ...
+
+    def drop_displaced(self, name: str) -> bool: ...
+
 
 def run_recovery(store: RecoveryStore, slots: RecoverySlots, now: float, *, deep: bool = True,
                  limits: Limits = _DEFAULT_LIMITS, crashed: bool | None = None) -> RecoveryAction:
     """Load the state, decide (:func:`recovery_action`) and apply it; return the action.
 
     ``deep`` decrypts and hashes both slots first (recommended at start-up; a 512 MB model
-    costs a few seconds). Order: save the new state, switch the pointer, then discard.
+    costs a few seconds). Order: settle interrupted renames, save the new state, switch the
+    pointer, discard, then restore or delete set-aside previous versions.
     ``crashed`` defaults to :meth:`StateStore.was_running` (no clean stop recorded); the
     marker is then set again until the caller's :meth:`StateStore.mark_stopped`.
     """
     state = store.load()
     if crashed is None:
         crashed = store.was_running()
+    slots.settle()  # finish or undo set-aside renames a power cut interrupted
     view = slots.view(deep=deep)
     action = recovery_action(state, view, now, limits, crashed=crashed)
     if action.save:
@@ -277,6 +348,11 @@ def run_recovery(store: RecoveryStore, slots: RecoverySlots, now: float, *, deep
         slots.switch_to(action.activate)
     if action.discard is not None and action.discard != slots.active_name():
         slots.discard(action.discard)
+    for name in action.restore:
+        if name != slots.active_name():
+            slots.restore_displaced(name)
+    for name in action.drop:
+        slots.drop_displaced(name)
     store.mark_running()
     if action.reason != "nothing to do":
         log.warning("recovery: %s (phase %s)", action.reason, action.state.phase.value)

@@ -139,6 +139,8 @@ class SlotState:
     info: SlotInfo | None  # None: empty or incomplete
     partial: bool  # an interrupted write left data behind
     intact: bool  # complete and (deep check) decrypts to the signed sha256
+    # A previous version was set aside (``displaced/``) when a candidate's write began here.
+    displaced: bool = False
 
     @property
     def complete(self) -> bool:

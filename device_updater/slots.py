@@ -6,18 +6,24 @@ Layout under ``root``::
     root/a/meta.json         slot metadata; present only once the slot is completely written
     root/a/model.sealed      the model, sealed (encrypted) by the ``Sealer``
     root/a/model.partial     an install in progress (never activated, removed on recovery)
+    root/a/displaced/        the previous good version, set aside while a candidate is written
     root/b/...
 
 Writing follows RAUC's *mark bad -> write -> mark good*: :meth:`SlotStore.begin_write` first
-removes the target slot's ``meta.json`` (durably), then streams the sealed model into
-``model.partial``; :meth:`SlotWriter.commit` checks the plaintext SHA-256 and length against the
-signed manifest values, fsyncs, renames to ``model.sealed`` and only then writes ``meta.json``.
+moves the target slot's ``meta.json`` and model out of the way (durably: into ``displaced/``
+when they are a complete previous version, see :mod:`device_updater._displaced`), then streams
+the sealed model into ``model.partial``; :meth:`SlotWriter.commit` checks the plaintext SHA-256
+and length against the signed manifest values, fsyncs, renames to ``model.sealed`` and only then
+writes ``meta.json``.
 A slot without ``meta.json`` is *incomplete*: it is never activated and never rolled back to.
 
 The pointer only ever moves to a complete slot whose sealed content has just been decrypted and
 hashed (:meth:`SlotStore.switch_to` / :meth:`SlotStore.rollback`), so the active slot always
 holds a model whose SHA-256 equals its signed manifest value. The writable slot is always the
-inactive one, so the active model and the previous one are both kept until the next install.
+inactive one; the previous version it held is set aside while a candidate is written and put
+back if that candidate is rejected or rolled back (:meth:`SlotStore.restore_displaced`), deleted
+once it is committed (:meth:`SlotStore.drop_displaced`): the device keeps the active model and
+the previous good one.
 
 At rest the model is sealed to the device's own P-256 key (:class:`BundleSealer`): a random
 per-slot data key wrapped with HPKE, AES-256-GCM chunked stream (edgepkg.crypto). The sealed
@@ -33,20 +39,20 @@ import json
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any
 
+from device_updater import _displaced
 from device_updater._fsutil import (
     atomic_write_bytes,
-    atomic_write_json,
     file_lock,
     fsync_dir,
     read_limited,
     remove_durably,
 )
+from device_updater._slot_writer import META_SCHEMA as _META_SCHEMA
+from device_updater._slot_writer import SlotWriter
 from device_updater.errors import (
     IncompleteSlotError,
     NoActiveSlotError,
@@ -96,7 +102,6 @@ __all__ = [
 ]
 
 MAX_META_BYTES = 64 * 1024
-_META_SCHEMA = 1
 _EXT = {"onnx": ".onnx", "tflite": ".tflite", "tflm": ".tflite", "edgetpu": ".tflite",
         "tensorrt": ".engine", "raw": ".bin"}
 
@@ -239,7 +244,7 @@ class SlotStore:
                 except SlotError:
                     intact = False
             states[n] = SlotState(name=n, info=info, partial=self._partial(n).exists(),
-                                  intact=intact)
+                                  intact=intact, displaced=_displaced.present(self.root / n))
         return SlotsView(active=self.active_name(), slots=states)
 
     def checkin_view(self) -> dict[str, Any]:
@@ -363,8 +368,74 @@ class SlotStore:
             if signed.binding() != summary.binding():
                 raise SlotIntegrityError("the model to install is not the one its manifest signs")
         with self._lock():
-            remove_durably(self._meta(target), self._sealed(target))
+            self._set_aside_previous(target, summary)
         return SlotWriter(self, target, summary, release)  # type: ignore[arg-type]
+
+    def _set_aside_previous(self, name: str, candidate: ModelSummary) -> None:
+        """Before writing ``candidate`` into slot ``name`` (under the lock): move the previous good
+        version it holds into ``displaced/`` (kept until the outcome), or clear what an earlier
+        attempt at this candidate left while keeping the version already displaced."""
+        slot_dir = self.root / name
+        _displaced.settle(slot_dir, self._persisted)
+        held = self.info(name)
+        kept = _displaced.present(slot_dir)
+        if held is not None and not (kept and held.sha256 == candidate.sha256):
+            if kept:
+                # Outcomes restore or drop what they displaced; one left here (a drop that
+                # failed at commit) is older than the complete model the slot holds now.
+                log.warning("slot %s: dropping a stale displaced version", name)
+                _displaced.drop(slot_dir, self._persisted)
+            _displaced.displace(slot_dir, self._persisted)
+        else:
+            # Empty, incomplete, or a copy of this candidate from an interrupted attempt.
+            remove_durably(self._meta(name), self._sealed(name))
+
+    # --- the previous good version while a candidate is in its slot (see _displaced) ---------
+
+    def _persisted(self, what: str) -> None:
+        """Called after every durable step of a displacement, restore or drop (a power-cut test
+        overrides it to kill the process there)."""
+
+    def has_displaced(self, name: str) -> bool:
+        """Whether slot ``name`` has a previous version set aside during an install."""
+        other_slot(name)
+        return _displaced.present(self.root / name)
+
+    def settle(self) -> None:
+        """Finish or undo displacements, restores and drops a power cut interrupted (start-up
+        recovery calls it before it looks at the slots)."""
+        with self._lock():
+            for n in SLOT_NAMES:
+                _displaced.settle(self.root / n, self._persisted)
+
+    def restore_displaced(self, name: str) -> bool:
+        """Replace the abandoned candidate in non-active slot ``name`` by the previous version set
+        aside when its write began (reject, rollback). False when nothing was set aside. The
+        restored slot is read like any other: re-verified against its release-signed manifest."""
+        other_slot(name)
+        slot_dir = self.root / name
+        with self._lock():
+            _displaced.settle(slot_dir, self._persisted)
+            if not _displaced.present(slot_dir):
+                return False
+            if name == self.active_name():
+                raise SlotError(f"slot {name} is active: its previous version cannot be put back "
+                                "over the running model")
+            _displaced.restore(slot_dir, self._persisted)
+        log.info("slot %s: previous version restored", name)
+        return True
+
+    def drop_displaced(self, name: str) -> bool:
+        """Delete the version set aside in slot ``name`` (its candidate was committed: the other
+        slot now holds the previous good version). False when nothing was set aside."""
+        other_slot(name)
+        slot_dir = self.root / name
+        with self._lock():
+            _displaced.settle(slot_dir, self._persisted)
+            if not _displaced.present(slot_dir):
+                return False
+            _displaced.drop(slot_dir, self._persisted)
+        return True
 
     def write(self, summary: ModelSummary, chunks: Iterable[bytes], *,
               slot: str | None = None, release: ReleaseEvidence | None = None) -> SlotInfo:
@@ -375,7 +446,8 @@ class SlotStore:
             return writer.commit()
 
     def discard(self, name: str) -> None:
-        """Remove a non-active slot's content (interrupted, rejected or rolled-back install)."""
+        """Remove a non-active slot's content (interrupted, rejected or rolled-back install); a
+        version set aside in it (:meth:`restore_displaced`) is left alone."""
         other_slot(name)
         with self._lock():
             if name == self.active_name():
@@ -435,90 +507,3 @@ def remove_stale_exports(runtime_dir: Path) -> None:
             _remove_tree(sub)
         except PermissionError:
             pass
-
-
-class SlotWriter:
-    """Streams one model into a slot; see :meth:`SlotStore.begin_write`."""
-
-    def __init__(self, store: SlotStore, name: SlotName, summary: ModelSummary,
-                 release: ReleaseEvidence | None = None) -> None:
-        self.store = store
-        self.name = name
-        self.summary = summary
-        self.release = release
-        self._hash = hashlib.sha256()
-        self._length = 0
-        self._done = False
-        path = store._partial(name)
-        self._fh: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in commit/abort
-        os.fchmod(self._fh.fileno(), 0o600)
-        try:
-            self._sealing = store.sealer.seal(self._fh, summary.binding())
-        except BaseException:
-            self._fh.close()
-            raise
-
-    @property
-    def bytes_written(self) -> int:
-        """Plaintext bytes received so far."""
-        return self._length
-
-    def write(self, data: bytes) -> None:
-        if self._done:
-            raise SlotError("write after commit/abort")
-        self._length += len(data)
-        if self._length > self.summary.length:
-            self.abort()
-            raise SlotIntegrityError(
-                f"model is longer than its signed length {self.summary.length}; install refused")
-        self._hash.update(data)
-        self._sealing.write(data)
-
-    def commit(self) -> SlotInfo:
-        """Check SHA-256 + length against the signed summary, seal, fsync, mark the slot complete.
-
-        Raises :class:`SlotIntegrityError` (and removes the partial data) on a mismatch.
-        """
-        if self._done:
-            raise SlotError("commit after commit/abort")
-        if self._length != self.summary.length or self._hash.hexdigest() != self.summary.sha256:
-            self.abort()
-            raise SlotIntegrityError(
-                f"model for {self.summary.name} {self.summary.version} does not match its signed "
-                f"SHA-256/length (got {self._length} bytes); install refused")
-        self._sealing.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        sealed_length = self._fh.tell()
-        self._fh.close()
-        self._done = True
-        store, n = self.store, self.name
-        written_at = time.time()
-        with store._lock():
-            os.replace(store._partial(n), store._sealed(n))
-            fsync_dir(store.root / n)
-            meta: dict[str, Any] = {
-                "schema": _META_SCHEMA, "complete": True, "summary": self.summary.to_dict(),
-                "sealed_length": sealed_length, "written_at": written_at,
-            }
-            if self.release is not None:
-                meta["release"] = self.release.to_meta()
-            atomic_write_json(store._meta(n), meta)
-        return SlotInfo(name=n, summary=self.summary, sealed_length=sealed_length,
-                        written_at=written_at)
-
-    def abort(self) -> None:
-        """Drop the partial data; the slot stays incomplete."""
-        if self._done:
-            return
-        self._done = True
-        with contextlib.suppress(OSError):
-            self._fh.close()
-        remove_durably(self.store._partial(self.name))
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.abort()

@@ -176,9 +176,18 @@ class UpdateSteps:
             self._outcome_event(new, reason=new.reason, phase=before.phase.value)
 
     def _discard_candidate(self, model: str, st: UpdateState) -> None:
-        """Empty the abandoned candidate's slot if it holds the candidate or an interrupted write
-        of it; a slot the candidate never started writing keeps the previous good version."""
+        """Put the previous good version back in the abandoned candidate's slot (set aside when
+        the candidate's write began), else empty the slot if it holds the candidate or an
+        interrupted write of it; a slot the candidate never started writing keeps its version."""
         slots = self.slots(model)
+        if st.slot is not None and st.slot != slots.active_name():
+            try:
+                if slots.restore_displaced(st.slot):
+                    return
+            except (SlotError, OSError) as exc:  # start-up recovery puts it back then
+                log.error("cannot put the previous version back", extra={
+                    "model": model, "slot": st.slot, "error": str(exc)})
+                return
         if (st.slot is not None and st.slot != slots.active_name()
                 and holds_abandoned_candidate(slots.view(), st.slot, st.candidate)):
             with contextlib.suppress(SlotError):
@@ -405,6 +414,14 @@ class UpdateSteps:
             self._rollback(model, st, decision.reason)
             return False
         new = self._apply(model, st, Committed(decision.reason))
+        if st.slot is not None:
+            # The other slot now holds the version this one replaced: the one set aside when
+            # the candidate's write began is a third copy (start-up recovery retries a failure).
+            try:
+                self.slots(model).drop_displaced(st.slot)
+            except (SlotError, OSError) as exc:
+                log.warning("cannot delete the set-aside version", extra={
+                    "model": model, "slot": st.slot, "error": str(exc)})
         self._outcome_event(new, reason=decision.reason, inferences=decision.inferences)
         return False
 

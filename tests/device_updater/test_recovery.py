@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from device_updater.recovery import recovery_action, run_recovery
-from device_updater.slot_values import ModelSummary
+from device_updater.recovery import displaced_fate, recovery_action, run_recovery
+from device_updater.slot_values import ModelSummary, SlotsView
 from device_updater.state import (
     Limits,
     Phase,
@@ -157,3 +157,88 @@ def test_reject_keeps_a_previous_version_the_candidate_never_overwrote() -> None
     assert recovery_action(rejected, view("a", V1, V2), NOW).discard == "b"
     assert recovery_action(rejected, view("a", V1, None, partial=(False, True)),
                            NOW).discard == "b"
+
+
+# --- the previous version set aside while a candidate is in its slot ---------------------------
+
+
+def _aside(v: SlotsView, *names: str) -> SlotsView:
+    """``v`` with a previous version set aside (``displaced/``) in slots ``names``."""
+    return SlotsView(active=v.active, slots={
+        n: replace(st, displaced=n in names) for n, st in v.slots.items()})
+
+
+@pytest.mark.parametrize("phase", [Phase.INSTALLING, Phase.VALIDATING, Phase.SWITCHING])
+def test_set_aside_version_is_kept_while_the_candidate_is_in_play(phase: Phase) -> None:
+    a = recovery_action(walk(phase), _aside(view("a", V1, V2), "b"), NOW, crashed=False)
+    assert a.state.phase is phase and a.restore == () and a.drop == ()
+
+
+def test_set_aside_version_is_kept_during_a_clean_trial_restart() -> None:
+    a = recovery_action(walk(Phase.TRIAL), _aside(view("b", V1, V2), "b"), NOW, crashed=False)
+    assert a.state.phase is Phase.TRIAL and a.restore == () and a.drop == ()
+
+
+def test_interrupted_install_discards_leftovers_and_keeps_the_set_aside_version() -> None:
+    a = recovery_action(walk(Phase.INSTALLING),
+                        _aside(view("a", V1, None, partial=(False, True)), "b"), NOW)
+    assert a.discard == "b" and a.restore == () and a.resume
+
+
+def test_interrupted_install_keeps_a_previous_version_not_yet_set_aside() -> None:
+    # The displacement was undone by settle (or never began): slot b holds v0, complete.
+    v0 = replace(V1, version="0.9.0", sha256="0" * 64)
+    a = recovery_action(walk(Phase.INSTALLING), view("a", V1, v0), NOW)
+    assert a.discard is None and a.resume  # the writer sets it aside when it starts
+
+
+def test_crash_in_trial_rolls_back_and_restores_the_set_aside_version() -> None:
+    a = recovery_action(walk(Phase.TRIAL), _aside(view("b", V1, V2), "b"), NOW)
+    assert a.state.phase is Phase.ROLLED_BACK and a.activate == "a"
+    assert a.restore == ("b",) and a.discard is None and a.drop == ()
+
+
+@pytest.mark.parametrize("outcome", [Phase.REJECTED, Phase.ROLLED_BACK])
+def test_outcome_restores_the_set_aside_version_in_the_candidates_slot(outcome: Phase) -> None:
+    if outcome is Phase.REJECTED:
+        st = transition(walk(Phase.VALIDATING), Reject("holdout", active="a"), NOW)
+    else:
+        st = transition(walk(Phase.TRIAL), RollBack("app failing", active="b"), NOW)
+    for b in (V2, None):  # the candidate, or its slot already emptied before the cut
+        a = recovery_action(st, _aside(view("a", V1, b), "b"), NOW)
+        assert a.restore == ("b",) and a.discard is None and a.activate is None
+
+
+def test_commit_deletes_the_set_aside_version() -> None:
+    a = recovery_action(walk(Phase.COMMITTED), _aside(view("b", V1, V2), "b"), NOW)
+    assert a.drop == ("b",) and a.restore == () and a.discard is None
+
+
+def test_crash_loop_give_up_during_install_restores_the_set_aside_version() -> None:
+    s = replace(walk(Phase.INSTALLING), restarts=3)
+    a = recovery_action(s, _aside(view("a", V1, None, partial=(False, True)), "b"), NOW,
+                        Limits(max_restarts=3))
+    assert a.state.phase is Phase.REJECTED and a.restore == ("b",)
+
+
+def test_no_update_in_progress_restores_a_set_aside_version_and_drops_one_under_the_active(
+        ) -> None:
+    # IDLE (e.g. a state file reset): whatever is in the inactive slot is no candidate to keep.
+    assert recovery_action(UpdateState(), _aside(view("a", V1, V2), "b"), NOW).restore == ("b",)
+    assert recovery_action(UpdateState(), _aside(view("a", V1, V2), "a"), NOW).drop == ("a",)
+
+
+def test_stale_set_aside_copy_beside_another_complete_model_is_dropped() -> None:
+    v0 = replace(V1, version="0.9.0", sha256="0" * 64)
+    rejected = transition(walk(Phase.INSTALLING), Reject("refused", active="a"), NOW)
+    a = recovery_action(rejected, _aside(view("a", V1, v0), "b"), NOW)
+    assert a.drop == ("b",) and a.restore == () and a.discard is None
+
+
+def test_displaced_fate_table() -> None:
+    v = view("a", V1, V2)
+    assert displaced_fate(v, "b", walk(Phase.VALIDATING), "a") == "keep"
+    assert displaced_fate(v, "a", walk(Phase.VALIDATING), "a") == "drop"
+    assert displaced_fate(v, "b", walk(Phase.COMMITTED), "b") == "drop"
+    rejected = transition(walk(Phase.VALIDATING), Reject("x", active="a"), NOW)
+    assert displaced_fate(v, "b", rejected, "a") == "restore"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,21 @@ from device_updater.errors import (
     SlotIntegrityError,
     UntrustedDeviceInputError,
 )
+from device_updater.recovery import run_recovery
 from device_updater.slots import BundleSealer, ModelSummary, SlotStore
+from device_updater.state import (
+    Committed,
+    Downloaded,
+    Installed,
+    Reject,
+    Start,
+    StateStore,
+    Switched,
+    UpdateState,
+    Validated,
+    Verified,
+    transition,
+)
 from edgepkg.keys._software import FileRecipientKey
 
 
@@ -265,3 +282,181 @@ def test_one_huge_write_is_sealed_in_linear_time(tmp_path: Path) -> None:
     store = SlotStore(tmp_path / "s", sealer=BundleSealer(device_key(), chunk_size=4096))
     store.write(s, [data])  # 4096 chunks from one buffer: quadratic copying would take minutes
     store.verify("a")
+
+
+# --- the previous version set aside while a candidate is written over it ----------------------
+
+
+class _Recording(SlotStore):
+    """A slot store that records each durable step of a displace/restore/drop and can SIGKILL
+    its own process at step ``kill_at`` (power-cut style: the step is on disk, nothing after)."""
+
+    def __init__(self, root: Path, sealer: BundleSealer, kill_at: int = 0) -> None:
+        super().__init__(root, sealer=sealer)
+        self.steps: list[str] = []
+        self.kill_at = kill_at
+
+    def _persisted(self, what: str) -> None:
+        self.steps.append(what)
+        if len(self.steps) == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _device(tmp_path: Path) -> tuple[Path, BundleSealer]:
+    """v1 active in slot a, v0 (the version before it) kept in slot b."""
+    sealer = BundleSealer(device_key(), chunk_size=4096)
+    store = SlotStore(tmp_path / "slots", sealer=sealer)
+    store.write(*_release("0.9.0"), slot="b")
+    store.switch_to(store.write(*_release("1.0.0"), slot="a").name)
+    return tmp_path / "slots", sealer
+
+
+def _release(version: str) -> tuple[ModelSummary, list[bytes]]:
+    s, d = model(version)
+    return s, chunks(d)
+
+
+def _kept(store: SlotStore) -> tuple[str, str | None]:
+    """(active version, other slot's version), both decrypted and checked against their
+    signed SHA-256; and nothing left set aside or half-moved."""
+    active = store.active_name()
+    assert active is not None
+    other = "b" if active == "a" else "a"
+    for n in ("a", "b"):
+        assert not store.has_displaced(n)
+        assert not [p.name for p in (store.root / n).iterdir() if p.is_dir()]
+    return (store.verify(active).version,
+            store.verify(other).version if store.info(other) is not None else None)
+
+
+def test_candidate_write_sets_the_previous_version_aside_and_restore_puts_it_back(
+        tmp_path: Path) -> None:
+    root, sealer = _device(tmp_path)
+    store = _Recording(root, sealer)
+    store.write(*_release("2.0.0"))
+    assert store.info("b").version == "2.0.0" and store.has_displaced("b")  # type: ignore[union-attr]
+    assert store.steps == ["displace: staging made", "displace: meta.json staged",
+                           "displace: model.sealed staged", "displace: done"]
+    # A displaced/ directory only ever appears whole: meta.json and the sealed model together.
+    assert sorted(p.name for p in (root / "b" / "displaced").iterdir()) == [
+        "meta.json", "model.sealed"]
+    store.steps.clear()
+    assert store.restore_displaced("b")
+    assert store.steps == [
+        "restore: candidate marked incomplete", "restore: candidate removed", "restore: staged",
+        "restore: model.sealed back in the slot", "restore: meta.json back in the slot",
+        "restore: done"]
+    assert _kept(store) == ("1.0.0", "0.9.0")
+    assert not store.restore_displaced("b")  # nothing left to put back
+
+
+def test_commit_drops_the_set_aside_version_and_the_active_slot_is_never_restored_over(
+        tmp_path: Path) -> None:
+    root, sealer = _device(tmp_path)
+    store = _Recording(root, sealer)
+    store.switch_to(store.write(*_release("2.0.0")).name)
+    with pytest.raises(SlotError, match="active"):
+        store.restore_displaced("b")
+    store.steps.clear()
+    assert store.drop_displaced("b")
+    assert store.steps == ["drop: marked incomplete", "drop: model removed", "drop: done"]
+    assert _kept(store) == ("2.0.0", "1.0.0")
+
+
+def test_rewrite_after_an_interrupted_write_keeps_the_set_aside_version(tmp_path: Path) -> None:
+    root, sealer = _device(tmp_path)
+    store = SlotStore(root, sealer=sealer)
+    s2, c2 = _release("2.0.0")
+    with store.begin_write(s2) as w:
+        w.write(c2[0])  # cut short
+    store.write(s2, c2)  # the install again: v0 stays aside, not replaced by the leftovers
+    store.write(s2, c2)  # and again over a complete copy of the same candidate
+    assert store.restore_displaced("b")
+    assert _kept(store) == ("1.0.0", "0.9.0")
+
+
+def test_tampered_set_aside_version_is_never_activated(tmp_path: Path) -> None:
+    root, sealer = _device(tmp_path)
+    store = SlotStore(root, sealer=sealer)
+    store.write(*_release("2.0.0"))
+    sealed = root / "b" / "displaced" / "model.sealed"
+    raw = bytearray(sealed.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    sealed.write_bytes(bytes(raw))
+    assert store.restore_displaced("b")
+    with pytest.raises(SlotIntegrityError):
+        store.switch_to("b")
+    assert store.active_name() == "a"
+
+
+def _states(target: str, slot: str) -> dict[str, UpdateState]:
+    s, _ = model(target)
+    st = UpdateState()
+    for ev in (Start("cam", target, f"models/cam/{target}"), Downloaded(s), Verified(s, slot)):
+        st = transition(st, ev, 1.0)
+    installing = st
+    validating = transition(installing, Installed(), 2.0)
+    committed = validating
+    for ev2 in (Validated(), Switched(), Committed("healthy")):
+        committed = transition(committed, ev2, 3.0)
+    return {"installing": installing, "committed": committed,
+            "rejected": transition(validating, Reject("holdout failed", active="a"), 4.0)}
+
+
+def _killed(root: Path, sealer: BundleSealer, k: int, op: str) -> bool:
+    """Run ``op`` in a forked child that SIGKILLs itself at durable step ``k``; True if killed."""
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        store = _Recording(root, sealer, kill_at=k)
+        try:
+            if op == "displace":
+                store.write(*_release("2.0.0"))
+            elif op == "restore":
+                store.restore_displaced("b")
+            else:
+                store.drop_displaced("b")
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status)
+
+
+@pytest.mark.parametrize("op", ["displace", "restore", "drop"])
+def test_power_cut_at_every_step_converges_to_active_plus_previous_good(
+        tmp_path: Path, op: str) -> None:
+    """A kill between every rename; start-up recovery then always leaves the active good model
+    plus the previous good version, both verifiable, and nothing half-moved."""
+    base, sealer = _device(tmp_path / "base")
+    prep = SlotStore(base, sealer=sealer)
+    if op in ("restore", "drop"):
+        prep.write(*_release("2.0.0"))  # v0 set aside in b, v2 written there
+    if op == "drop":
+        prep.switch_to("b")
+    states = _states("2.0.0", "b")
+    k = 1
+    while True:
+        root = tmp_path / f"{op}-{k}" / "slots"
+        shutil.copytree(base, root)
+        killed = _killed(root, sealer, k, op)
+        store = SlotStore(root, sealer=sealer)
+        state = StateStore(root.parent / "state.json")
+        if op == "displace":  # cut during the install: recover, install again, then reject
+            state.save(states["installing"])
+            run_recovery(state, store, 10.0)
+            store.write(*_release("2.0.0"))
+            state.save(states["rejected"])
+            run_recovery(state, store, 11.0, crashed=False)
+            assert _kept(store) == ("1.0.0", "0.9.0"), k
+        elif op == "restore":  # cut while a reject put v0 back
+            state.save(states["rejected"])
+            run_recovery(state, store, 10.0)
+            assert _kept(store) == ("1.0.0", "0.9.0"), k
+        else:  # cut while the commit deleted the set-aside v0
+            state.save(states["committed"])
+            run_recovery(state, store, 10.0)
+            assert _kept(store) == ("2.0.0", "1.0.0"), k
+        if not killed:
+            break
+        k += 1
+    assert k > {"displace": 4, "restore": 6, "drop": 3}[op]  # every step was cut once

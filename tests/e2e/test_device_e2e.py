@@ -181,22 +181,24 @@ def test_server_allowed_downgrade_needs_a_signed_reason(world: World) -> None:
     """allow_downgrade comes from the (unsigned) server reply: alone it is not enough. The
     older version must still be kept in the other slot, or the running release must have been
     withdrawn from the signed TUF targets."""
-    # A rejected v3 attempt replaces v1 in the inactive slot (the rejected candidate is
-    # discarded), so 1.0.0 is no longer kept on the device.
-    world.publish("3.0.0", world.models["3.0.0"], policy=POLICY)
-    world.rollout("3.0.0")
-    assert _cycle_until(world, "3.0.0", Phase.REJECTED, healthy=None)["phase"] == "rejected"
+    # A committed v5 replaces v1 in the inactive slot (v2 is kept beside it), so 1.0.0 is no
+    # longer kept on the device. (A rejected candidate would not do: its slot gets v1 back.)
+    world.publish("5.0.0", world.models["5.0.0"])
+    world.rollout("5.0.0")
+    assert _cycle_until(world, "5.0.0", Phase.COMMITTED)["phase"] == "committed"
     agent = world.agent()
     slots = {s["version"] for s in status(world.config)["models"][MODEL]["slots"].values() if s}
-    assert "1.0.0" not in slots
+    assert slots == {"5.0.0", "2.0.0"}
     agent.apply_assignment(Assignment(MODEL, "1.0.0", full_target_name(MODEL, "1.0.0"),
                                       allow_downgrade=True))
     st = agent.store(MODEL).load()
     assert st.phase is Phase.REJECTED and "downgrade" in (st.reason or ""), st
-    assert _active_plaintext(world) == world.models["2.0.0"]
+    assert _active_plaintext(world) == world.models["5.0.0"]
 
-    # Once 2.0.0 is revoked in signed metadata, a downgrade to 1.0.0 has its signed reason.
+    # The version kept in the other slot is a downgrade with a reason; once 5.0.0 is revoked in
+    # signed metadata, a downgrade to 1.0.0 has its signed reason too.
     active = agent.slots(MODEL).active()
-    assert active is not None and active.version == "2.0.0"
-    erepo.revoke(world.repo, MODEL, "2.0.0", reason="test: withdrawn")
+    assert active is not None and active.version == "5.0.0"
+    world.agent().check_signed_downgrade(MODEL, "2.0.0", active)
+    erepo.revoke(world.repo, MODEL, "5.0.0", reason="test: withdrawn")
     world.agent().check_signed_downgrade(MODEL, "1.0.0", active)  # no longer refused

@@ -4,7 +4,8 @@ This module is also the *driver*: ``python tests/e2e/test_device_powercut_local.
 runs start-up recovery (``run_recovery``) and then a minimal install loop through every phase
 (persist before acting) using the real ``StateStore`` / ``SlotStore`` / ``BundleSealer``. With
 ``KILL_AT=N`` it SIGKILLs itself right before or after the N-th *persist point* (a state save, a
-slot switch/discard, and every few chunks of a slot write). After each kill the test checks the
+slot switch/discard, every rename that sets the previous version aside, puts it back or deletes
+it, and every few chunks of a slot write). After each kill the test checks the
 invariant, then restarts the driver and checks that it converges:
 
 * the state file is readable (never moved aside as corrupt);
@@ -14,7 +15,8 @@ invariant, then restarts the driver and checks that it converges:
   recorded) and leave the previous version running;
 * the update reaches its outcome: the good release is committed (or, if the kill hit its trial,
   rolled back with the reason recorded), the holdout-failing release is rejected, the release
-  whose trial fails is rolled back; the previous version stays intact.
+  whose trial fails is rolled back; the other slot then holds the previous good version, intact
+  (the one set aside when the candidate's write began is put back after a reject/rollback).
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ class _Slots(SlotStore):
         super().discard(name)
         self.k.tick()
 
+    def _persisted(self, what: str) -> None:  # every rename of a set-aside previous version
+        self.k.tick()
+
 
 def load_key(root: Path) -> FileRecipientKey:
     key = serialization.load_pem_private_key((root / "device-key.pem").read_bytes(), None)
@@ -132,6 +137,11 @@ def drive(root: Path, target: str, kill_at: int = 0) -> int:
     def save(s: UpdateState) -> UpdateState:
         store.save(s)
         return s
+
+    def abandon(slot: str) -> None:
+        """What the agent does with a refused candidate's slot: the previous version back."""
+        if not slots.restore_displaced(slot):
+            slots.discard(slot)
 
     for _ in range(50):
         now = time.time()
@@ -158,7 +168,7 @@ def drive(root: Path, target: str, kill_at: int = 0) -> int:
             if target in FAILS_VALIDATION:
                 st = save(transition(st, Reject("holdout top1_accuracy 0.31 below minimum 0.80",
                                                 active=slots.active_name()), now))
-                slots.discard(st.slot)  # type: ignore[arg-type]
+                abandon(st.slot)  # type: ignore[arg-type]
             else:
                 st = save(transition(st, Validated(), now))
         elif st.phase is Phase.SWITCHING:
@@ -169,9 +179,10 @@ def drive(root: Path, target: str, kill_at: int = 0) -> int:
                 st = save(transition(st, RollBack("app reported failures", active=st.slot),  # type: ignore[arg-type]
                                      now))
                 slots.switch_to(st.expected_active)  # type: ignore[arg-type]
-                slots.discard(st.slot)  # type: ignore[arg-type]
+                abandon(st.slot)  # type: ignore[arg-type]
             else:
                 st = save(transition(st, Committed("healthy"), now))
+                slots.drop_displaced(st.slot)  # type: ignore[arg-type]
     return 2
 
 
@@ -247,8 +258,12 @@ def _check_outcome(root: Path, target: str) -> None:
         assert st.phase is Phase.COMMITTED and active == target, st
     slots = SlotStore(root / "slots", sealer=BundleSealer(load_key(root), chunk_size=CHUNK))
     other = "b" if slots.active_name() == "a" else "a"
-    if slots.info(other) is not None:  # a kept previous version is intact too
-        assert SIGNED[slots.verify(other).version] == slots.info(other).summary  # type: ignore[union-attr]
+    # The previous good version is kept in the other slot, intact: 1.0.0 beside a committed
+    # 2.0.0, else 0.9.0 (the version before 1.0.0) put back where the refused candidate was.
+    kept = slots.verify(other)
+    assert SIGNED[kept.version] == kept.summary
+    assert kept.version == ("1.0.0" if active == target else "0.9.0"), (active, kept.version)
+    assert not slots.has_displaced("a") and not slots.has_displaced("b")
 
 
 def test_power_cut_at_every_persist_point(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """What the two slots hold after a reject and after a rollback (docs/device-integrator.md §3).
 
-The device keeps the active model and, in the other slot, the previous good version. Installing
-a candidate overwrites the other slot: that is the one moment the previous version is dropped.
-A candidate given up before its writer started leaves the previous version in place; one given
-up after (holdout reject, failed trial) is discarded, never left where `rollback` could reach it.
+The device keeps the active model and, in the other slot, the previous good version. Writing a
+candidate into the other slot sets that version aside (``displaced/``) instead of deleting it:
+a candidate refused after its write began (holdout reject, failed trial) is removed and the
+previous version put back; a committed candidate makes the set-aside copy go. A refused model is
+never left where `rollback` could reach it.
 """
 
 from __future__ import annotations
@@ -74,23 +75,53 @@ def test_crash_loop_give_up_before_the_write_keeps_the_previous_version(world: W
     assert _slots(world) == ("2.0.0", "1.0.0")
 
 
-def test_holdout_reject_discards_the_candidate_that_overwrote_the_previous_version(
+def _set_aside(world: World) -> list[str]:
+    slots = world.agent().slots(MODEL)
+    return [n for n in ("a", "b") if slots.has_displaced(n)]
+
+
+def test_holdout_reject_puts_the_previous_version_back_in_the_candidates_slot(
         world: World) -> None:
     world.publish("3.0.0", world.models["3.0.0"], policy=POLICY)
     world.rollout("3.0.0")
     assert _cycle_until(world, "3.0.0", Phase.REJECTED, healthy=None)["phase"] == "rejected"
-    # v3 was written over v1, then refused: the refused model is not kept.
-    assert _slots(world) == ("2.0.0", None)
+    # v3 was written where v1 was, then refused: v3 is gone and v1 is back, usable.
+    assert _slots(world) == ("2.0.0", "1.0.0")
+    assert _set_aside(world) == []
+    agent = world.agent()
+    agent.manual_rollback(MODEL)
+    assert _slots(world) == ("1.0.0", "2.0.0")
+    assert b"".join(agent.slots(MODEL).open_plaintext()) == world.models["1.0.0"]
 
 
-def test_rollback_returns_to_the_previous_good_version_and_discards_the_failed_one(
+def test_rollback_returns_to_the_previous_good_version_and_keeps_the_one_before(
         world: World) -> None:
     world.publish("4.0.0", world.models["4.0.0"])
     world.rollout("4.0.0")
     assert _cycle_until(world, "4.0.0", Phase.ROLLED_BACK, healthy=False)["phase"] == "rolled_back"
-    assert _slots(world) == ("2.0.0", None)
-    # The next good release is installed and v2 is kept beside it again.
+    # Active: v2 (the good version before the candidate); other slot: v1 (the one before v2).
+    assert _slots(world) == ("2.0.0", "1.0.0")
+    assert _set_aside(world) == []
+    # The next good release is installed over v1 and v2 is kept beside it; v1's copy goes.
     world.publish("5.0.0", world.models["5.0.0"])
     world.rollout("5.0.0")
     assert _cycle_until(world, "5.0.0", Phase.COMMITTED)["phase"] == "committed"
     assert _slots(world) == ("5.0.0", "2.0.0")
+    assert _set_aside(world) == []
+
+
+def test_crash_during_the_trial_rolls_back_and_restores_the_previous_version(
+        world: World) -> None:
+    """Power cut in the trial of v4: start-up rolls back to v2 and puts v1 back in v4's slot."""
+    world.publish("4.0.0", world.models["4.0.0"])
+    world.rollout("4.0.0")
+    assert _cycle_until(world, "4.0.0", Phase.TRIAL, healthy=None)["phase"] == "trial"
+    agent = world.agent()
+    slots = agent.slots(MODEL)
+    active = slots.active_name()
+    assert active is not None and slots.has_displaced(active)  # v1 kept aside for a rollback
+    agent.store(MODEL).mark_running()  # the last process died (no clean stop recorded)
+    agent.recover()
+    assert agent.store(MODEL).load().phase is Phase.ROLLED_BACK
+    assert _slots(world) == ("2.0.0", "1.0.0")
+    assert _set_aside(world) == []
