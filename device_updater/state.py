@@ -291,7 +291,8 @@ class Retry:
 class Reject:
     """Give up the target before the switch: DOWNLOADING..SWITCHING -> REJECTED.
 
-    The old slot stays active (``expected_active``); the daemon then discards ``slot``.
+    The old slot stays active (``expected_active``); the daemon then discards the candidate in
+    ``slot`` and puts back the previous good version it had set aside there.
     ``active`` names the slot that is active now (needed when the state does not know it).
     """
 
