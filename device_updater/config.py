@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from device_updater.errors import ConfigError
+from device_updater.telemetry.settings import KEYS as TELEMETRY_KEYS
+from device_updater.telemetry.settings import TelemetryConfig, parse_telemetry
 
 MAX_CONFIG_BYTES = 256 * 1024
 
@@ -25,6 +27,7 @@ _SECTIONS: dict[str, set[str]] = {
     "validation": {"timeout_s", "external_command"},
     "trial": {"window_s", "min_inferences", "max_failures"},
     "log": {"level", "json"},
+    "telemetry": TELEMETRY_KEYS,
 }
 
 
@@ -54,6 +57,7 @@ class Config:
     trial_max_failures: int = 3
     log_level: str = "INFO"
     log_json: bool = True
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def __post_init__(self) -> None:
         if not self.server_url.startswith(("http://", "https://")):
@@ -149,6 +153,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
         "keystore_dir": _path(base_dir, _get(ks, "dir", str, "keystore")),
         "facts": dict(doc.get("facts", {})),
         "external_command": tuple(ext) if ext else None,
+        "telemetry": parse_telemetry(doc.get("telemetry", {}), base_dir),
     }
     optional: list[tuple[str, dict[str, Any], str, Any, Any]] = [
         ("connect_timeout", server, "connect_timeout", num, float),

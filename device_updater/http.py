@@ -36,6 +36,7 @@ from edgepkg.protocol import (
     HEADER_TIMESTAMP,
     CheckinResponse,
     EnrollResult,
+    TelemetryReport,
     parse_checkin_response,
     parse_enroll_response,
     parse_events_ack,
@@ -49,8 +50,8 @@ DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds
 
 
 __all__ = [
-    "BadResponseError", "DeviceAuth", "DeviceClient", "ServerRefusedError", "TransportError",
-    "enroll",
+    "BadResponseError", "DeviceAuth", "DeviceClient", "RateLimitedError", "ServerRefusedError",
+    "TransportError", "enroll",
 ]
 
 
@@ -61,6 +62,21 @@ class ServerRefusedError(errors.ServerRefusedError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class RateLimitedError(TransportError):
+    """The server answered 429: try again after ``retry_after`` seconds (its Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(resp: requests.Response, default: float = 60.0) -> float:
+    raw = resp.headers.get("Retry-After", "")
+    # Seconds only (an HTTP date is legal too, but our server sends seconds); capped at a day
+    # so that a hostile answer cannot silence the device for ever.
+    return min(86400.0, float(raw)) if raw.isdigit() else default
 
 
 class BadResponseError(UntrustedDeviceInputError):
@@ -142,7 +158,10 @@ def _request(
             f"{method} {url}: cannot reach the server ({exc.__class__.__name__})") from exc
     data = _read_limited(resp, MAX_RESPONSE_BYTES)
     status = resp.status_code
-    if status >= 500 or status == 429:
+    if status == 429:
+        raise RateLimitedError(f"{method} {url}: server busy (429)",
+                               retry_after=_retry_after(resp))
+    if status >= 500:
         raise TransportError(f"{method} {url}: server error {status}")
     if status >= 400:
         code, message = "", data[:200].decode("utf-8", "replace")
@@ -233,3 +252,15 @@ class DeviceClient:
         answer = self._call("GET", f"{self._base}/rollouts/{quote(rollout_id, safe='')}")
         with _parsing("the rollout answer"):
             return parse_rollout_status(answer)
+
+    def post_telemetry(self, report: TelemetryReport) -> bool:
+        """Send one report; True when the server stored it now, False when it already had
+        this seq (a resend after a lost answer). Raises :class:`RateLimitedError` on 429 (over
+        the server's quota: keep the report, wait ``retry_after``), :class:`TransportError`
+        when offline, :class:`ServerRefusedError` when the server refuses the report."""
+        answer = self._call("POST", f"{self._base}/telemetry", report.to_json())
+        if not (isinstance(answer, dict) and answer.get("accepted") is True
+                and isinstance(answer.get("duplicate", False), bool)):
+            raise BadResponseError("the telemetry answer is malformed (expected "
+                                   '{"accepted": true, "duplicate": bool})')
+        return not answer.get("duplicate", False)
