@@ -48,6 +48,7 @@ from device_updater.state import (
     Verified,
     transition,
 )
+from device_updater.telemetry.reference import record_after_validation
 from device_updater.trial import HealthLog, TrialPolicy, TrialState, evaluate_trial
 from device_updater.tuf_client import (
     DeviceFetcher,
@@ -315,6 +316,9 @@ class UpdateSteps:
             self._reject(model, st, "holdout validation failed: " + "; ".join(outcome.reasons))
             return False
         self._apply(model, st, Validated("; ".join(outcome.reasons) or None))
+        assert st.version is not None
+        record_after_validation(self.config.holdout_dir, self.layout.model_dir(model), model,
+                                st.version, st.candidate.policy)  # for field drift
         return True
 
     # SWITCHING --------------------------------------------------------------------------------

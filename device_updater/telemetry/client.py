@@ -97,6 +97,10 @@ class TelemetryClient:
         except (TypeError, ValueError):
             self.dropped += 1
             return
+        self.send_line(line)
+
+    def send_line(self, line: bytes) -> None:
+        """Queue one already-encoded record line (ending in a newline) and try to deliver."""
         with self._lock:
             if len(self._buf) >= self._max:
                 self._buf.popleft()

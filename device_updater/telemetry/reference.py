@@ -218,3 +218,28 @@ def record_from_holdout(model_dir: Path, model: str, version: str, holdout_dir: 
     profile = build_profile(model, version, holdout.inputs, outputs)
     save_profile(model_dir, profile)
     return profile
+
+
+def record_after_validation(holdout_dir: Path | None, model_dir: Path, model: str,
+                            version: str, policy: Any) -> ReferenceProfile | None:
+    """The install step's one call (after the holdout gate accepted ``version``): record the
+    profile from the holdout; never fails the update (a missing profile only means no drift
+    scores). Without a holdout there is nothing to profile."""
+    if holdout_dir is None:
+        return None
+    import logging
+
+    from device_updater.errors import Error
+
+    task = "classification"
+    with contextlib.suppress(Exception):
+        from device_updater.validation import parse_device_policy
+
+        task = parse_device_policy(policy).task
+    try:
+        return record_from_holdout(model_dir, model, version, holdout_dir, task=task)
+    except (Error, OSError, ValueError) as exc:
+        logging.getLogger("edge_updater").warning(
+            "no reference profile recorded: drift will not be scored",
+            extra={"model": model, "version": version, "error": str(exc)})
+        return None

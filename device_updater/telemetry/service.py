@@ -30,8 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from device_updater.config import Config
 from device_updater.errors import Error, ServerRefusedError, TransportError
 from device_updater.http import RateLimitedError
+from device_updater.layout import Layout
 from device_updater.telemetry import drift
 from device_updater.telemetry.aggregate import Aggregator, VersionLookup
 from device_updater.telemetry.hardware import read_hardware
@@ -200,3 +202,13 @@ class TelemetryService:
                 self.flush()
             except Exception as exc:  # the thread must outlive any fault
                 log.error("telemetry interval failed", extra={"error": str(exc)})
+
+
+def for_agent(config: Config, layout: Layout, sender: Sender, version_of: VersionLookup,
+              clock: Callable[[], float]) -> TelemetryService | None:
+    """The agent's telemetry service, or None when ``[telemetry] enabled = false``."""
+    if not config.telemetry.enabled:
+        return None
+    return TelemetryService(config.telemetry, state_dir=config.state_dir,
+                            runtime_dir=config.runtime_dir, models_dir=layout.models,
+                            sender=sender, version_of=version_of, clock=clock)
