@@ -29,7 +29,7 @@ DEFAULT_THRESHOLDS: Mapping[str, float] = {
     "psi": 0.25, "js": 0.05, "ks": 0.15, "confidence_drop": 0.10, "prediction_shift": 0.05,
 }
 #: Fewer field samples than this in an interval give no drift score (too noisy to mean much).
-MIN_SAMPLES = 100
+MIN_SAMPLES = 300
 _SMOOTH = 0.5  # additive (Jeffreys) smoothing per bin: an empty bin must not make PSI infinite
 
 

@@ -119,19 +119,19 @@ def _report(seq: int, agg: Aggregator, hour: int) -> TelemetryReport:
 def test_merged_reports_add_counts_and_histograms() -> None:
     prof = profile()
     agg = aggregator(prof)
-    feed(agg, 200, seed=1)
+    feed(agg, 300, seed=1)
     a = _report(1, agg, 0)
-    feed(agg, 300, seed=2)
+    feed(agg, 400, seed=2)
     b = _report(2, agg, 1)
     m = merge_reports(a, b)
     assert m is not None and m.seq == 2
     ma, mb, mm = a.models["clf"], b.models["clf"], m.models["clf"]
-    assert mm.inferences == 500
-    assert mm.latency_ms is not None and mm.latency_ms.total == 500
+    assert mm.inferences == 700
+    assert mm.latency_ms is not None and mm.latency_ms.total == 700
     assert list(mm.class_counts) == [x + y for x, y in zip(ma.class_counts, mb.class_counts,
                                                            strict=True)]
-    assert mm.features[0].histogram is not None and mm.features[0].histogram.total == 500
-    assert mm.confidence is not None and mm.confidence.count == 500
+    assert mm.features[0].histogram is not None and mm.features[0].histogram.total == 700
+    assert mm.confidence is not None and mm.confidence.count == 700
     assert m.interval_start == a.interval_start and m.interval_end == b.interval_end
     assert mm.drift["psi"] == max(ma.drift["psi"], mb.drift["psi"])
     parse_telemetry_report(m.to_json())  # still a valid wire message

@@ -47,7 +47,7 @@ def stub_endpoint(e2e_world: Callable[[], World]) -> Iterator[tuple[World, _Stub
     stub = _Stub(status(world.config)["device_id"], world.device_pub)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802  # http.server's name
+        def do_POST(self) -> None:  # http.server's name
             body = self.rfile.read(int(self.headers["Content-Length"]))
             h = self.headers
             try:
@@ -57,7 +57,7 @@ def stub_endpoint(e2e_world: Callable[[], World]) -> Iterator[tuple[World, _Stub
                                  signing_string("POST", self.path, h[HEADER_TIMESTAMP],
                                                 h[HEADER_NONCE], body))
                 report = parse_telemetry_report(json.loads(body))
-            except Exception as exc:  # noqa: BLE001  # any failure is a 400 the test sees
+            except Exception as exc:  # any failure is a 400 the test sees
                 self._answer(400, {"error": {"code": "bad", "message": str(exc)}})
                 return
             dup = report.seq in stub.seen
