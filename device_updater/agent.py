@@ -65,6 +65,7 @@ from device_updater.state import (
     Start,
 )
 from device_updater.steps import UpdateSteps
+from device_updater.telemetry.service import for_agent as telemetry_for_agent
 from device_updater.trial import HealthLog, TrialPolicy
 from device_updater.validator import Validator, make_validator
 from edgepkg.errors import Error as EdgepkgError
@@ -124,6 +125,8 @@ class Agent(UpdateSteps):
         self.last_error: str | None = None
         self._paused: list[str] = []  # this cycle's updates paused by a transient failure
         self.poll_interval = self.enrollment.poll_interval
+        self.telemetry = telemetry_for_agent(config, self.layout, self.client,
+                                             self.active_version, clock)
 
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -237,6 +240,9 @@ class Agent(UpdateSteps):
                     self.last_error = str(exc)
             with contextlib.suppress(TransportError):
                 self.flush_events()
+            if self.telemetry is not None:  # queued reports go out with the check-in
+                with contextlib.suppress(Error, OSError):
+                    self.telemetry.flush()
         finally:
             self._tuf = None
         return self._finish(report)
@@ -379,6 +385,7 @@ class Agent(UpdateSteps):
         self.recover()
         failures = 0
         cycles = 0
+        self._start_telemetry()
         while not self.stop.is_set():
             try:
                 report = self.run_cycle()
@@ -392,7 +399,25 @@ class Agent(UpdateSteps):
             if max_cycles is not None and cycles >= max_cycles:
                 break
             self.stop.wait(self.next_delay(report, failures))
+        if self.telemetry is not None:
+            self.telemetry.stop()
         self.mark_stopped()
+
+    def _start_telemetry(self) -> None:
+        if self.telemetry is None:
+            return
+        try:
+            self.telemetry.start()
+        except OSError as exc:  # no telemetry socket must never mean no updates
+            log.error("telemetry socket not started", extra={"error": str(exc)})
+
+    def active_version(self, model: str) -> str | None:
+        """The version in ``model``'s active slot (None when none is installed)."""
+        try:
+            info = self.slots(model).active()
+        except Error:
+            return None
+        return info.version if info is not None else None
 
     def mark_stopped(self) -> None:
         """Record a clean stop, so the next start-up does not treat a trial as a crash."""

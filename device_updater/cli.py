@@ -9,6 +9,7 @@
     edge-updater current-model [--model NAME] [--stream]
     edge-updater reseal [--pcrs 0,2,4,7] [--json]  # TPM owner auth: after an OS update
     edge-updater report-health --ok|--fail|--started [--latency-ms MS] [--inferences N]
+    edge-updater report-health --record '{"type":"inference","model":"clf",...}' [--records F]
     edge-updater validate --candidate M --running M --holdout DIR --policy P.toml  # no config
 
 Errors, ``--json`` errors, closed pipes and exit codes follow :mod:`edgepkg._cli_support`, the
@@ -33,6 +34,7 @@ from device_updater import reseal_cmd, validate_cmd
 from device_updater.config import Config, load_config
 from device_updater.errors import ConfigError, NoActiveSlotError, UntrustedDeviceInputError
 from edgepkg._cli_support import CliParser, run_cli
+from edgepkg.errors import UsageError
 
 DEFAULT_CONFIG = "/etc/edge-updater/config.toml"
 CONFIG_ENV = "EDGE_UPDATER_CONFIG"
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--stream", action="store_true", help="write the plaintext to stdout instead")
     cm.set_defaults(func=_cmd_current_model)
     h = sub.add_parser("report-health", help="the inference app reports how the model does")
-    g = h.add_mutually_exclusive_group(required=True)
+    g = h.add_mutually_exclusive_group()
     g.add_argument("--ok", dest="status", action="store_const", const="healthy",
                    help="the model is serving well")
     g.add_argument("--fail", dest="status", action="store_const", const="failing",
@@ -133,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--metric", type=float,
                    help="the app's own quality metric (e.g. accuracy on labelled feedback)")
     h.add_argument("--message", help="a short note (e.g. the error text) kept with the report")
+    h.add_argument("--record", action="append", default=[], metavar="JSON",
+                   help="a telemetry record, as the telemetry socket takes it (repeatable)")
+    h.add_argument("--records", metavar="FILE",
+                   help="newline-delimited telemetry records ('-' for stdin)")
     h.set_defaults(func=_cmd_report_health)
     validate_cmd.register(sub)  # exits 0 accept / 1 reject / 2 usage or setup
     reseal_cmd.register(sub)
@@ -316,8 +322,15 @@ def _cmd_current_model(args: argparse.Namespace, config: Config) -> int:
 
 def _cmd_report_health(args: argparse.Namespace, config: Config) -> int:
     from device_updater.layout import Layout
+    from device_updater.telemetry.cli_records import send_records
     from device_updater.trial import HealthLog, HealthReport
 
+    if args.status is None and not (args.record or args.records):
+        raise UsageError("report-health needs --ok, --fail or --started, or telemetry records "
+                         "(--record / --records)")
+    send_records(args.record, args.records, config.telemetry, config.runtime_dir)
+    if args.status is None:
+        return 0
     report = HealthReport.from_dict({
         "time": time.time(), "status": args.status, "model": args.model,
         "version": args.version, "inferences": args.inferences, "errors": args.errors,

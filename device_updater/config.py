@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from device_updater.errors import ConfigError
+from device_updater.telemetry.settings import KEYS as TELEMETRY_KEYS
+from device_updater.telemetry.settings import TelemetryConfig, parse_telemetry
 
 MAX_CONFIG_BYTES = 256 * 1024
 
@@ -27,6 +29,7 @@ _SECTIONS: dict[str, set[str]] = {
     "trial": {"window_s", "min_inferences", "max_failures"},
     "shadow": {"spool_dir", "max_samples_per_cycle", "max_files", "nice"},
     "log": {"level", "json"},
+    "telemetry": TELEMETRY_KEYS,
 }
 
 
@@ -67,6 +70,7 @@ class Config:
     shadow_max_samples_per_cycle: int = 64
     shadow_max_files: int = 1000
     shadow_nice: int = 10
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def __post_init__(self) -> None:
         if not self.server_url.startswith(("http://", "https://")):
@@ -183,6 +187,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> Config:
         "facts": dict(doc.get("facts", {})),
         "external_command": tuple(ext) if ext else None,
         "shadow_spool_dir": _path(base_dir, _get(shadow, "spool_dir", str, "shadow")),
+        "telemetry": parse_telemetry(doc.get("telemetry", {}), base_dir),
     }
     optional: list[tuple[str, dict[str, Any], str, Any, Any]] = [
         ("connect_timeout", server, "connect_timeout", num, float),

@@ -37,6 +37,7 @@ from edgepkg.protocol import (
     HEADER_TIMESTAMP,
     CheckinResponse,
     EnrollResult,
+    TelemetryReport,
     parse_checkin_response,
     parse_enroll_response,
     parse_events_ack,
@@ -318,3 +319,15 @@ class DeviceClient:
         answer = self._call("GET", f"{self._base}/rollouts/{quote(rollout_id, safe='')}")
         with _parsing("the rollout answer"):
             return parse_rollout_status(answer)
+
+    def post_telemetry(self, report: TelemetryReport) -> bool:
+        """Send one report; True when the server stored it now, False when it already had
+        this seq (a resend after a lost answer). Raises :class:`RateLimitedError` on 429 (over
+        the server's quota: keep the report, wait ``retry_after_s``), :class:`TransportError`
+        when offline, :class:`ServerRefusedError` when the server refuses the report."""
+        answer = self._call("POST", f"{self._base}/telemetry", report.to_json())
+        if not (isinstance(answer, dict) and answer.get("accepted") is True
+                and isinstance(answer.get("duplicate", False), bool)):
+            raise BadResponseError("the telemetry answer is malformed (expected "
+                                   '{"accepted": true, "duplicate": bool})')
+        return not answer.get("duplicate", False)

@@ -51,6 +51,7 @@ from device_updater.state import (
     Verified,
     transition,
 )
+from device_updater.telemetry.reference import record_after_validation
 from device_updater.trial import (
     HealthLog,
     HealthReport,
@@ -352,6 +353,9 @@ class UpdateSteps:
             return False
         self._apply(model, st, Validated("; ".join(outcome.reasons) or None,
                                          shadow=self._wants_shadow(st)))
+        assert st.version is not None
+        record_after_validation(self.config.holdout_dir, self.layout.model_dir(model), model,
+                                st.version, st.candidate.policy)  # for field drift
         return True
 
     @staticmethod
