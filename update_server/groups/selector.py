@@ -10,7 +10,8 @@ A selector picks devices by their tags and facts::
 - ``KEY OP VALUE`` compares the device fact ``KEY`` with ``=``, ``!=``, ``>=``, ``<=``, ``>``,
   ``<``: numerically when both sides parse as finite numbers, else as text (only ``=`` and
   ``!=`` have a meaning for text; an ordering of text is false). ``VALUE`` may be quoted
-  (``"a b"``). A list fact (e.g. ``accelerators``) is equal to a value when one item is. A
+  (``"a b"``; quotes are needed when it has spaces or starts with ``=<>!``). A list fact
+  (e.g. ``accelerators``) is equal to a value when one item is. A
   fact the device does not report makes every comparison false, ``!=`` included, so
   ``not platform=x`` is the way to include devices that say nothing;
 - ``and`` binds tighter than ``or``; ``not`` and parentheses as usual; ``all`` matches every
@@ -42,11 +43,11 @@ _TOKEN = re.compile(
       (?P<lp>\() | (?P<rp>\)) |
       tag:(?P<tag>[A-Za-z0-9][A-Za-z0-9_.:/=-]{0,99}) |
       (?P<key>[A-Za-z_][A-Za-z0-9_.-]{0,99})\s*
-        (?:(?P<op>!=|>=|<=|=|>|<)\s*(?:"(?P<qval>[^"\\]{0,200})"|(?P<val>[^\s()"]{1,200})))?
+        (?:(?P<op>!=|>=|<=|=|>|<)\s*(?:"(?P<qval>[^"\\]{0,200})"|(?P<val>[^\s()"=<>!][^\s()"]{0,199})))?
     )""",
     re.VERBOSE,
 )
-_BARE_VALUE = re.compile(r'^[^\s()"]{1,200}$')
+_BARE_VALUE = re.compile(r'^[^\s()"=<>!][^\s()"]{0,199}$')
 
 
 class SelectorError(BadRequestError):
