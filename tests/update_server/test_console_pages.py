@@ -56,15 +56,15 @@ def _releases() -> list[Any]:
     return list(RELEASES)
 
 
-def _fail(s: Any, rid: str, dev: str, admitted: list[str]) -> None:
+def _fail(s: Any, rid: str, dev: str, admitted: list[str], version: str = "1.1.0") -> None:
     """dev failed the rollout: holdout validation rejected the release (as a device reports)."""
     details = {"accepted": False, "reasons": ["accuracy 0.61 < floor 0.9",
                                               "class 'cat' recall dropped 0.2"],
                "metrics": {"accuracy": 0.61}}
     s.add(Event(id=f"v-{dev}", device_id=dev, type="validation_result", time=T0, received_at=T0,
-                model="det", version="1.1.0", rollout_id=rid, details=details))
+                model="det", version=version, rollout_id=rid, details=details))
     s.add(Event(id=f"r-{dev}", device_id=dev, type="rejected", time=T0, received_at=T0,
-                model="det", version="1.1.0", rollout_id=rid,
+                model="det", version=version, rollout_id=rid,
                 details={"reason": "holdout validation failed: accuracy 0.61 < floor 0.9",
                          "note": "<script>alert(1)</script>"}))
     if dev not in admitted:
