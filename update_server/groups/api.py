@@ -147,10 +147,10 @@ OPENAPI_PATHS: dict[str, Any] = {
     },
     "/api/v1/groups/{name}": {
         "get": _op("A group, its device count and a sample of its devices", "viewer",
-                   name=True, codes=("401", "403", "404")),
+                   name=True, codes=("400", "401", "403", "404")),
         "put": _op("Change a group's selector or description", "release", body=True,
                    name=True, codes=("400", "401", "403", "404")),
         "delete": _op("Delete a group", "release", "204", name=True,
-                      codes=("401", "403", "404")),
+                      codes=("400", "401", "403", "404")),
     },
 }
