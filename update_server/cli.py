@@ -221,8 +221,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.once:
         ran = runner.tick(time.time())
         runner.leadership.release()
-        _print(args, {"ran": ran}, ", ".join(ran) or "not the leader: nothing ran")
-        return 0
+        _print(
+            args,
+            {"ran": ran, "failed": runner.failed},
+            ", ".join(ran) or "not the leader: nothing ran",
+        )
+        return 1 if runner.failed else 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

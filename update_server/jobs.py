@@ -223,6 +223,7 @@ class JobRunner:
         self.leadership = leadership or leadership_for(db.engine)
         self.node = node or f"pid{os.getpid()}"
         self._last_slot: dict[str, int] = {}
+        self.failed: list[str] = []  # jobs whose last run raised (logged with the traceback)
 
     def tick(self, now: float) -> list[str]:
         """Run the jobs whose slot has not run here yet, if this node leads; their names."""
@@ -230,6 +231,7 @@ class JobRunner:
             self._last_slot.clear()  # a follower remembers nothing: on takeover, run now
             return []
         ran = []
+        self.failed = []
         when = dt.datetime.fromtimestamp(now, dt.UTC)
         for job in self.jobs:
             slot = int(now // job.interval_s)
@@ -240,6 +242,7 @@ class JobRunner:
                     job.run(s, when)
             except Exception:  # one failing job must not stop the others or the loop
                 log.exception("jobs: %s failed on %s", job.name, self.node)
+                self.failed.append(job.name)
             self._last_slot[job.name] = slot
             ran.append(job.name)
         return ran

@@ -137,3 +137,23 @@ def test_default_jobs_evaluate_rollouts_and_alerts_on_the_leader_only(
     assert runners[0].tick(1031.0) == ["rollouts.evaluate"]  # alerts: once per poll interval
     for r in runners:
         r.leadership.release()
+
+
+def test_cli_jobs_once_runs_the_jobs_and_a_second_node_waits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from update_server import cli
+
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    assert cli.main(["--database-url", url, "migrate"]) == 0
+    capsys.readouterr()
+    leader = FileLeadership(f"{tmp_path / 'server.db'}.leader.jobs.lock")
+    assert leader.try_acquire()  # another node leads
+    assert cli.main(["--database-url", url, "--json", "jobs", "--once"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"ran": [], "failed": []}
+    leader.release()
+    assert cli.main(["--database-url", url, "--json", "jobs", "--once"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"ran": ["rollouts.evaluate", "alerts.evaluate"], "failed": []}
