@@ -144,8 +144,16 @@ def main() -> int:
             for (file, _line, _fn), v in st.stats.items():  # type: ignore[attr-defined]
                 area = next((a for a, keys in AREAS if any(k in file for k in keys)), "other")
                 areas[area] = areas.get(area, 0.0) + v[2]
-            print(json.dumps({"own_time_share_by_area": {
-                k: round(v / total, 3) for k, v in sorted(areas.items(), key=lambda x: -x[1])}}))
+            print(
+                json.dumps(
+                    {
+                        "own_time_share_by_area": {
+                            k: round(v / total, 3)
+                            for k, v in sorted(areas.items(), key=lambda x: -x[1])
+                        }
+                    }
+                )
+            )
             st.sort_stats("tottime").print_stats(args.top)
     finally:
         if cluster is not None:
