@@ -85,7 +85,9 @@ async def _request(
     return int(status_line.split()[1])
 
 
-async def simulate(port: int, devices: list[SoftwareDevice], args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+async def simulate(
+    port: int, devices: list[SoftwareDevice], args: argparse.Namespace
+) -> dict[str, Any]:
     rnd = random.Random(7)
     t0 = time.monotonic()
     due = [(t0 + rnd.uniform(0, args.poll), i) for i in range(len(devices))]
