@@ -8,6 +8,7 @@
     edgepkg-server create-user --username NAME --role ROLE
         (password from EDGEPKG_PASSWORD or stdin)
     edgepkg-server create-enrollment [--uses N] [--expires 7d|ISO] [--tags a,b] [--note TEXT]
+    edgepkg-server jobs [--once] [--poll 1]   (rollout evaluation, alert rules; one leader)
 
 Exit status: 0 success, 1 error, 2 usage. ``--json`` prints machine-readable output, and makes
 errors a JSON line on stderr (conventions shared with ``edgepkg``: :mod:`edgepkg._cli_support`).
@@ -208,6 +209,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import time
+
+    from update_server.jobs import JobRunner, default_jobs
+
+    cfg = _config(args)
+    runner = JobRunner(Database(cfg.database_url), default_jobs(cfg.poll_interval))
+    if args.once:
+        ran = runner.tick(time.time())
+        runner.leadership.release()
+        _print(
+            args,
+            {"ran": ran, "failed": runner.failed},
+            ", ".join(ran) or "not the leader: nothing ran",
+        )
+        return 1 if runner.failed else 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runner.run(stop, poll_s=args.poll)
+    return 0
+
+
 def _file_has_secret(path: str | None) -> bool:
     if path is None:
         return False
@@ -275,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tags", help="comma-separated tags given to enrolled devices")
     s.add_argument("--note", help="free text shown with the token in listings")
     s.set_defaults(func=cmd_create_enrollment)
+    s = sub.add_parser("jobs", help="run background jobs (safe on every node: one leads)")
+    s.add_argument("--once", action="store_true", help="one tick, then exit")
+    s.add_argument("--poll", type=float, default=1.0, help="seconds between ticks")
+    s.set_defaults(func=cmd_jobs)
     return p
 
 
