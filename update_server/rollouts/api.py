@@ -25,6 +25,7 @@ from update_server.operators.auth import current_operator, require_operator
 from update_server.rollouts import service as svc
 from update_server.rollouts.engine import STATUSES
 from update_server.rollouts.models import Rollout, RolloutDevice
+from update_server.rollouts.schedule import SCHEMA_PROPERTIES as SCHEDULE_PROPERTIES
 from update_server.services import services
 from update_server.tuf.releases import Release
 
@@ -211,6 +212,7 @@ ROLLOUT_SCHEMA: dict[str, Any] = {
         },
         "min_devices": {"type": "integer", "minimum": 1, "default": 3},
         "on_failure": {"type": "string", "enum": ["pause", "abort"], "default": "pause"},
+        **SCHEDULE_PROPERTIES,
     },
 }
 _ROLLOUT_OUT = {"type": "object", "description": "a rollout with its state and per-stage counts"}

@@ -91,6 +91,10 @@ def parse_spec(rollout_id: str, obj: Any) -> RolloutSpec:
         "failure_share",
         "min_devices",
         "on_failure",
+        # the schedule (parsed by update_server.rollouts.schedule, stored apart)
+        "start_at",
+        "max_starts_per_minute",
+        "maintenance_window",
     }
     unknown = set(obj) - allowed
     if unknown:
