@@ -193,6 +193,10 @@ def _install(agent: Agent, m: OfflineManifest) -> OfflineResult:
     errors = list(agent._paused)
     if agent.last_error and not st.phase.terminal and st.phase is not Phase.WAITING:
         errors.append(agent.last_error)
+    if not st.phase.terminal and st.version != m.version:
+        errors.append(f"an update of {m.model} to {st.version} was in progress (phase "
+                      f"{st.phase.value}) and was continued instead; install {m.version} after "
+                      "it ends")
     if st.phase is Phase.REJECTED and st.version == m.version:
         errors.append(f"the update was refused: {st.reason}")
     return OfflineResult(
