@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=_cmd_report_health)
     validate_cmd.register(sub)  # exits 0 accept / 1 reject / 2 usage or setup
     reseal_cmd.register(sub)
-    offline_cmd.register(sub)
+    offline_cmd.register(sub, make_agent=_agent)
     return p
 
 

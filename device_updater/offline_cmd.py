@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from device_updater.config import Config
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, make_agent: Callable[[Config], Any]) -> None:
+    """``make_agent`` is the CLI's agent factory (passed in: importing the CLI from here would
+    be an import circle)."""
     p = sub.add_parser(
         "install-offline", help="install from an offline (USB) package, without the server",
         description="Verify the package from 'edgepkg export-offline' (a directory or .tar) with "
@@ -21,14 +24,13 @@ def register(sub: Any) -> None:
                     "online. Exit 0 when installed (or already running), 1 when refused.")
     p.add_argument("path", help="the offline package: a directory or an archive (.tar)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=_cmd_install_offline)
+    p.set_defaults(func=_cmd_install_offline, make_agent=make_agent)
 
 
 def _cmd_install_offline(args: argparse.Namespace, config: Config) -> int:
-    from device_updater.cli import _agent
     from device_updater.offline import install_offline
 
-    agent = _agent(config)
+    agent = args.make_agent(config)
     agent.recover()
     try:
         result = install_offline(agent, args.path)
