@@ -282,7 +282,8 @@ class Agent(UpdateSteps):
         st = self._apply(a.model, st, Start(
             model=a.model, version=a.version, target=a.target, delta_target=a.delta_target,
             rollout_id=a.rollout_id, allow_downgrade=a.allow_downgrade,
-            key_grants=a.key_grants))
+            key_grants=a.key_grants, maintenance_window=None if a.maintenance_window is None
+            else a.maintenance_window.to_json()))
         try:
             check_version_str(a.version)
             if active is not None:
@@ -308,6 +309,7 @@ class Agent(UpdateSteps):
                 Phase.INSTALLING: self._step_install,
                 Phase.VALIDATING: self._step_validate,
                 Phase.SHADOW: lambda m, s: step_shadow(self, m, s),
+                Phase.WAITING: self._step_wait,
                 Phase.SWITCHING: self._step_switch,
                 Phase.TRIAL: self._step_trial,
             }[st.phase]

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from device_updater import reseal_cmd, validate_cmd
+from device_updater import offline_cmd, reseal_cmd, validate_cmd
 from device_updater.config import Config, load_config
 from device_updater.errors import ConfigError, NoActiveSlotError, UntrustedDeviceInputError
 from edgepkg._cli_support import CliParser, run_cli
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=_cmd_report_health)
     validate_cmd.register(sub)  # exits 0 accept / 1 reject / 2 usage or setup
     reseal_cmd.register(sub)
+    offline_cmd.register(sub, make_agent=_agent)
     return p
 
 

@@ -192,7 +192,7 @@ def _decide(state: UpdateState, slots: SlotsView, now: float, limits: Limits, *,
                                   slots, cand, s.candidate) else None,
                               activate=fix_active(active, cand), resume=True,
                               reason="interrupted install: discard partial slot, install again")
-    if s.phase in (Phase.VALIDATING, Phase.SHADOW):
+    if s.phase in (Phase.VALIDATING, Phase.SHADOW, Phase.WAITING):
         if cand is None or cand == active:
             return _reject(restarted, slots, "validation slot is unknown or active")
         if _holds_candidate(slots, cand, s):
@@ -200,7 +200,9 @@ def _decide(state: UpdateState, slots: SlotsView, now: float, limits: Limits, *,
                                   activate=fix_active(active, cand),
                                   reason="interrupted validation: validate again"
                                   if s.phase is Phase.VALIDATING else
-                                  "interrupted shadow run: keep shadowing")
+                                  "interrupted shadow run: keep shadowing"
+                                  if s.phase is Phase.SHADOW else
+                                  "validated candidate kept: keep waiting for the window")
         back = replace(restarted, phase=Phase.INSTALLING)
         return RecoveryAction(state=back, save=True, discard=cand if _dirty(slots, cand) else None,
                               activate=fix_active(active, cand), resume=True,

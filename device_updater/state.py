@@ -2,6 +2,8 @@
 
     IDLE -> DOWNLOADING -> VERIFYING -> INSTALLING -> VALIDATING -> SWITCHING -> TRIAL -> COMMITTED
     with a [shadow] policy: VALIDATING -> SHADOW (live inputs) -> SWITCHING
+    with a maintenance window: VALIDATING/SHADOW -> WAITING (validated; switch only inside the
+    window, evaluated offline with the device clock) -> SWITCHING
     exits: REJECTED (before the switch), ROLLED_BACK (after it, or by the operator)
 
 *Persist before acting*: the daemon saves the state that names an action (``StateStore.save``:
@@ -34,6 +36,8 @@ from device_updater.errors import (
 # The plain slot values only: importing the slot store would load the sealer and cryptography
 # into this pure core (tests/device_updater/test_pure_cores.py checks it does not).
 from device_updater.slot_values import ModelSummary, other_slot
+from edgepkg.errors import ProtocolError
+from edgepkg.protocol import parse_maintenance_window, window_open
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class Phase(StrEnum):
     INSTALLING = "installing"
     VALIDATING = "validating"
     SHADOW = "shadow"
+    WAITING = "waiting_window"
     SWITCHING = "switching"
     TRIAL = "trial"
     COMMITTED = "committed"
@@ -67,7 +72,8 @@ class Phase(StrEnum):
 
 _TERMINAL = frozenset({Phase.IDLE, Phase.COMMITTED, Phase.REJECTED, Phase.ROLLED_BACK})
 _PRE_SWITCH = frozenset(
-    {Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING, Phase.VALIDATING, Phase.SHADOW}
+    {Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING, Phase.VALIDATING, Phase.SHADOW,
+     Phase.WAITING}
 )
 _NEXT = {
     Phase.DOWNLOADING: Phase.VERIFYING,
@@ -108,6 +114,9 @@ class UpdateState:
     # Target name -> key grant JSON object, from the assignment: persisted with it so a restart
     # mid-install still has the data key's way in when the device is not a direct recipient.
     key_grants: dict[str, Any] = field(default_factory=dict)
+    # The assignment's maintenance window (wire JSON, edgepkg.protocol._windows), persisted so a
+    # power cut while WAITING resumes waiting for the same window.
+    maintenance_window: dict[str, Any] | None = None
     candidate: ModelSummary | None = None
     slot: str | None = None
     expected_active: str | None = None
@@ -148,7 +157,8 @@ class UpdateState:
             state = cls(**kwargs)
             _check_types(state)
             return state
-        except (KeyError, TypeError, ValueError, StateError, UntrustedDeviceInputError) as exc:
+        except (KeyError, TypeError, ValueError, StateError, UntrustedDeviceInputError,
+                ProtocolError) as exc:
             raise CorruptStateError(f"state is malformed: {exc}") from None
 
     def to_json(self) -> bytes:
@@ -184,6 +194,8 @@ def _check_types(s: UpdateState) -> None:
     if not isinstance(s.key_grants, dict) or not all(
             isinstance(k, str) and isinstance(v, dict) for k, v in s.key_grants.items()):
         raise ValueError("key_grants must be an object of target name -> grant object")
+    if s.maintenance_window is not None:
+        parse_maintenance_window(s.maintenance_window)
     if not s.phase.terminal and s.phase is not Phase.DOWNLOADING and s.model is None:
         raise ValueError(f"phase {s.phase} needs a model")
 
@@ -202,6 +214,7 @@ class Start:
     rollout_id: str | None = None
     allow_downgrade: bool = False
     key_grants: Mapping[str, Any] = field(default_factory=dict)
+    maintenance_window: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +269,12 @@ class ShadowPassed:
     """SHADOW -> SWITCHING: agreement and budgets held on live inputs (or on_timeout promotes)."""
 
     details: str | None = None
+
+
+@dataclass(frozen=True)
+class WindowOpened:
+    """WAITING -> SWITCHING: legal only while the persisted maintenance window is open at
+    ``now`` (the pure machine checks it, so no caller can switch outside the window)."""
 
 
 @dataclass(frozen=True)
@@ -334,7 +353,7 @@ class Reset:
 Event = (
     Start | Downloaded | Verified | Installed | Validated | Switched | TrialProgress | Committed
     | Retry | Reject | RollBack | FallBackToFull | Reset | GrantsRenewed | ShadowProgress
-    | ShadowPassed
+    | ShadowPassed | WindowOpened
 )
 
 _FALLBACK_PHASES = frozenset({Phase.DOWNLOADING, Phase.VERIFYING, Phase.INSTALLING})
@@ -380,6 +399,8 @@ def transition(state: UpdateState, event: Event, now: float,
                 rollout_id=event.rollout_id, allow_downgrade=event.allow_downgrade,
                 key_grants=dict(event.key_grants), transitions=1, updated_at=now,
                 last_outcome=_outcome(s),
+                maintenance_window=None if event.maintenance_window is None
+                else parse_maintenance_window(event.maintenance_window).to_json(),
             )
             return new
         case Downloaded():
@@ -411,6 +432,8 @@ def transition(state: UpdateState, event: Event, now: float,
             if isinstance(event, Validated) and event.shadow:
                 nxt = Phase.SHADOW
                 extra = {"shadow_started_at": now, "shadow_samples": 0, "shadow_agreed": 0}
+            elif isinstance(event, Validated) and s.maintenance_window is not None:
+                nxt = Phase.WAITING
             new = replace(s, phase=nxt, attempts=0, **extra, **bump)
         case ShadowProgress():
             if (s.phase is not Phase.SHADOW or not 0 <= event.agreed <= event.samples):
@@ -420,7 +443,16 @@ def transition(state: UpdateState, event: Event, now: float,
         case ShadowPassed():
             if s.phase is not Phase.SHADOW:
                 raise _illegal(s, event)
-            new = replace(s, phase=Phase.SWITCHING, attempts=0, reason=event.details, **bump)
+            nxt = Phase.SWITCHING if s.maintenance_window is None else Phase.WAITING
+            new = replace(s, phase=nxt, attempts=0, reason=event.details, **bump)
+        case WindowOpened():
+            if s.phase is not Phase.WAITING or s.maintenance_window is None:
+                raise _illegal(s, event)
+            if not window_open(parse_maintenance_window(s.maintenance_window), now):
+                raise IllegalTransitionError(
+                    f"the maintenance window {s.maintenance_window} is closed at {now:.0f}: "
+                    f"{s.model} {s.version} waits for it before switching")
+            new = replace(s, phase=Phase.SWITCHING, attempts=0, **bump)
         case TrialProgress():
             if s.phase is not Phase.TRIAL or event.inferences < 0:
                 raise _illegal(s, event)

@@ -49,6 +49,7 @@ from device_updater.state import (
     UpdateState,
     Validated,
     Verified,
+    WindowOpened,
     transition,
 )
 from device_updater.telemetry.reference import record_after_validation
@@ -71,7 +72,12 @@ from device_updater.tuf_client import (
 from device_updater.validator import Validator
 from edgepkg.bundle import BundleInfo, verify_bundle
 from edgepkg.keys import public_key_id
-from edgepkg.protocol import full_target_name
+from edgepkg.protocol import (
+    full_target_name,
+    next_window_open,
+    parse_maintenance_window,
+    window_open,
+)
 
 log = logging.getLogger("edge_updater")
 
@@ -367,6 +373,20 @@ class UpdateSteps:
             return parse_policy(st.candidate.policy if st.candidate else None).shadow is not None
         except PolicySchemaError:
             return False  # the gate has already judged a malformed policy
+
+    # WAITING (validated; the maintenance window decides when to switch) ----------------------
+    def _step_wait(self, model: str, st: UpdateState) -> bool:
+        assert st.maintenance_window is not None
+        window = parse_maintenance_window(st.maintenance_window)
+        now = self.clock()
+        if not window_open(window, now):
+            opens = next_window_open(window, now)
+            log.info("validated; waiting for the maintenance window",
+                     extra={"model": model, "version": st.version,
+                            "window": st.maintenance_window, "opens_at": opens})
+            return False
+        self._apply(model, st, WindowOpened())
+        return True
 
     # SWITCHING --------------------------------------------------------------------------------
     def _step_switch(self, model: str, st: UpdateState) -> bool:

@@ -18,6 +18,7 @@ from update_server.grants import models as _grant_tables  # noqa: F401
 from update_server.groups import models as _group_tables  # noqa: F401
 from update_server.operators import models as _operator_tables  # noqa: F401
 from update_server.rollouts import models as _rollout_tables  # noqa: F401
+from update_server.rollouts import schedule_models as _schedule_tables  # noqa: F401
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

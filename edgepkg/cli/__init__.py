@@ -19,6 +19,7 @@ from edgepkg._cli_support import CliParser, run_cli, setup_logging
 _COMMAND_MODULES = (
     "edgepkg.cli._package",
     "edgepkg.cli._grant",
+    "edgepkg.cli._offline",
     "edgepkg.cli._keys",
     "edgepkg.cli._repo",
     "edgepkg.cli._demo",

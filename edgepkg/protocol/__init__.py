@@ -91,6 +91,12 @@ from edgepkg.protocol._versions import (
     is_version,
     version_key,
 )
+from edgepkg.protocol._windows import (
+    MaintenanceWindow,
+    next_window_open,
+    parse_maintenance_window,
+    window_open,
+)
 
 __all__ = [
     "AUTH_DOMAIN",
@@ -132,6 +138,7 @@ __all__ = [
     "HealthReport",
     "Histogram",
     "InvalidVersionError",
+    "MaintenanceWindow",
     "ModelReport",
     "ModelTelemetry",
     "Moments",
@@ -146,6 +153,7 @@ __all__ = [
     "is_newer",
     "is_version",
     "key_id_from_spki",
+    "next_window_open",
     "parse_assignment",
     "parse_checkin_response",
     "parse_enroll_response",
@@ -155,6 +163,7 @@ __all__ = [
     "parse_health_report",
     "parse_histogram",
     "parse_key_grants",
+    "parse_maintenance_window",
     "parse_model_telemetry",
     "parse_models_report",
     "parse_moments",
@@ -166,4 +175,5 @@ __all__ = [
     "release_dir",
     "signing_string",
     "version_key",
+    "window_open",
 ]

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from edgepkg.errors import ProtocolError
 from edgepkg.protocol._auth import DEVICE_ID_RE
 from edgepkg.protocol._events import EVENT_TYPES
+from edgepkg.protocol._windows import MaintenanceWindow, parse_maintenance_window
 
 Json = dict[str, Any]
 SlotName = Literal["a", "b"]
@@ -82,6 +83,9 @@ class Assignment:
     # recipient of that bundle. Absent on the wire when empty, so old devices and old servers
     # interoperate: no grants simply means "decrypt with your own key".
     key_grants: dict[str, Json] = field(default_factory=dict)
+    # When the device may switch (edgepkg.protocol._windows); absent on the wire when None
+    # (switch as soon as validated), so old devices and servers interoperate.
+    maintenance_window: MaintenanceWindow | None = None
 
     def to_json(self) -> Json:
         out: Json = {
@@ -95,6 +99,8 @@ class Assignment:
         }
         if self.key_grants:
             out["key_grants"] = {name: dict(g) for name, g in self.key_grants.items()}
+        if self.maintenance_window is not None:
+            out["maintenance_window"] = self.maintenance_window.to_json()
         return out
 
     # The device persists assignments in its state file under this name.
@@ -119,6 +125,8 @@ def parse_assignment(raw: Any) -> Assignment:
         rollout_id=_opt_str(obj.get("rollout_id"), "rollout_id", 128),
         allow_downgrade=bool(allow),
         key_grants=parse_key_grants(obj.get("key_grants"), {target, delta_target} - {None}),
+        maintenance_window=None if obj.get("maintenance_window") is None
+        else parse_maintenance_window(obj.get("maintenance_window")),
     )
 
 

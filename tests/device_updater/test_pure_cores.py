@@ -47,8 +47,11 @@ def _loaded_top_level(module: str, repo_root: Path) -> set[str]:
 
 
 def _third_party(loaded: set[str]) -> set[str]:
+    # _sysconfigdata_* is the standard library's generated build-config module (zoneinfo loads
+    # it through sysconfig to find the tz database); it is missing from stdlib_module_names.
     return {m for m in loaded
-            if m not in sys.stdlib_module_names and m not in OWN_PACKAGES and m != "__main__"}
+            if m not in sys.stdlib_module_names and m not in OWN_PACKAGES and m != "__main__"
+            and not m.startswith("_sysconfigdata_")}
 
 
 @pytest.mark.parametrize("module", PURE_CORES)

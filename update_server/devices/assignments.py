@@ -83,6 +83,7 @@ def safe_assignments(
                 delta_target=delta_target,
                 rollout_id=a.rollout_id,
                 allow_downgrade=a.allow_downgrade,
+                maintenance_window=a.maintenance_window,  # the rollout's, already validated
             )
         )
     return out

@@ -25,6 +25,7 @@ from update_server.operators.auth import current_operator, require_operator
 from update_server.rollouts import service as svc
 from update_server.rollouts.engine import STATUSES
 from update_server.rollouts.models import Rollout, RolloutDevice
+from update_server.rollouts.schedule import SCHEMA_PROPERTIES as SCHEDULE_PROPERTIES
 from update_server.services import services
 from update_server.tuf.releases import Release
 
@@ -216,6 +217,9 @@ ROLLOUT_SCHEMA: dict[str, Any] = {
             "description": "a saved dynamic group (POST /api/v1/groups); resolved at every "
             "evaluation, so devices that join the group later join the rollout",
         },
+
+
+        **SCHEDULE_PROPERTIES,
     },
 }
 _ROLLOUT_OUT = {"type": "object", "description": "a rollout with its state and per-stage counts"}

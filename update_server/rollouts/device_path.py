@@ -24,6 +24,7 @@ from update_server.devices.auth import DeviceLike
 from update_server.groups.service import selector_admits
 from update_server.rollouts import engine as eng
 from update_server.rollouts.models import Rollout, RolloutDevice
+from update_server.rollouts.schedule import schedules_for, take_start
 from update_server.rollouts.service import (
     delta_target,
     evaluate_rollout,
@@ -104,6 +105,7 @@ def assignments_for_device(
     }
     out: list[Assignment] = []
     seen_models: set[str] = set()
+    schedules = schedules_for(conn, (r.id for r in running))
     for r in running:
         if r.model in seen_models:
             continue
@@ -139,6 +141,9 @@ def assignments_for_device(
         full = full_target(releases, a.model, a.version)
         if full is None:
             continue  # revoked or not (yet) in the TUF targets: never assign it
+        sched = schedules.get(r.id)
+        if row is None and sched is not None and not take_start(conn, r.id, sched, now):
+            continue  # scheduled for later, or this minute's starts are taken: ask again later
         if row is None:
             insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             conn.execute(  # a racing check-in of the same device may have inserted it: fine
@@ -163,6 +168,7 @@ def assignments_for_device(
                 delta_target=delta.target_path if delta else None,
                 rollout_id=r.id,
                 allow_downgrade=a.allow_downgrade,
+                maintenance_window=sched.window if sched is not None else None,
             )
         )
     return out

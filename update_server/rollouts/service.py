@@ -22,11 +22,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from edgepkg.protocol import InvalidVersionError, Version, version_key
+from update_server.db import utcnow
 from update_server.devices.models import Device, DeviceModel
 from update_server.errors import ConflictError, NotFoundError
 from update_server.groups.service import group_node, selector_admits
 from update_server.rollouts import engine as eng
 from update_server.rollouts.models import Rollout, RolloutDevice
+from update_server.rollouts.schedule import parse_schedule, save_schedule, schedule_json
 from update_server.rollouts.spec import parse_spec
 from update_server.tuf.releases import Release
 
@@ -182,12 +184,17 @@ def create_rollout(
             f"no group {spec.selector.group!r}: save it first (POST /api/v1/groups)",
             code="unknown_group",
         )
+
+
+    schedule = parse_schedule(body, now)
     if full_target(releases, spec.model, spec.version) is None:
         raise NotFoundError(
             f"{spec.model} {spec.version} is not a current release in the TUF repository",
             code="unknown_release",
         )
-    return _insert(session, spec, now=now, created_by=created_by)
+    row = _insert(session, spec, now=now, created_by=created_by)
+    save_schedule(session, row, schedule, now)
+    return row
 
 
 def _insert(
@@ -403,6 +410,12 @@ def evaluate_all(session: Session, now: dt.datetime) -> dict[str, eng.Decision]:
 
 
 def rollout_json(session: Session, r: Rollout) -> dict[str, Any]:
+    out = _rollout_json(session, r)
+    out.update(schedule_json(session, r, utcnow()))  # may say status "scheduled"
+    return out
+
+
+def _rollout_json(session: Session, r: Rollout) -> dict[str, Any]:
     groups = tallies(session, r)
     return {
         "id": r.id,

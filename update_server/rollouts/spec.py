@@ -93,6 +93,12 @@ def parse_spec(rollout_id: str, obj: Any) -> RolloutSpec:
         "min_devices",
         "on_failure",
         "group",
+
+
+        # the schedule (parsed by update_server.rollouts.schedule, stored apart)
+        "start_at",
+        "max_starts_per_minute",
+        "maintenance_window",
     }
     unknown = set(obj) - allowed
     if unknown:
