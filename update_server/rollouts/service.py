@@ -29,7 +29,9 @@ from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.rollouts.spec import parse_spec
 from update_server.tuf.releases import Release
 
-ACTIVE = (eng.RUNNING, eng.PAUSED)
+ACTIVE = (eng.RUNNING, eng.PAUSED, eng.AWAITING_APPROVAL)
+"""States that hold the model + selector's ``active_key`` (awaiting approval included, so a
+second rollout cannot sneak past one waiting for its approver)."""
 
 
 # --- conversions -----------------------------------------------------------------------------
@@ -171,15 +173,29 @@ def create_rollout(
     releases: Sequence[Release],
     now: dt.datetime,
     created_by: str | None = None,
+    awaiting_approval: bool = False,
 ) -> Rollout:
-    """Validate and start a rollout. 409 when one is already active for the model + selector."""
+    """Validate and start a rollout. 409 when one is already active for the model + selector.
+
+    ``awaiting_approval``: store it unstarted until :func:`start_approved` (four-eyes rule)."""
     spec = parse_spec(_new_id(), body)
     if full_target(releases, spec.model, spec.version) is None:
         raise NotFoundError(
             f"{spec.model} {spec.version} is not a current release in the TUF repository",
             code="unknown_release",
         )
-    return _insert(session, spec, now=now, created_by=created_by)
+    return _insert(
+        session, spec, now=now, created_by=created_by, awaiting_approval=awaiting_approval
+    )
+
+
+def start_approved(session: Session, r: Rollout, now: dt.datetime) -> Rollout:
+    """Start a rollout that was awaiting approval (409 when it is not, or changed meanwhile)."""
+    spec = spec_of(r)
+    new = eng.approve(spec, state_of(r), candidate_ids(session, spec), now)
+    if not _save_state(session, r, new, now):
+        raise ConflictError("the rollout changed meanwhile; reload and try again")
+    return r
 
 
 def _insert(
@@ -189,6 +205,7 @@ def _insert(
     now: dt.datetime,
     created_by: str | None,
     rollback_of: str | None = None,
+    awaiting_approval: bool = False,
 ) -> Rollout:
     key = _active_key(spec)
     clash = session.scalar(select(Rollout.id).where(Rollout.active_key == key))
@@ -197,6 +214,8 @@ def _insert(
             f"rollout {clash} is already active for {spec.model} with this selector; abort it first"
         )
     state = eng.start(spec, candidate_ids(session, spec), now)
+    if awaiting_approval:
+        state = eng.RolloutState(**{**_state_values(state), "status": eng.AWAITING_APPROVAL})
     row = Rollout(
         id=spec.rollout_id,
         model=spec.model,
