@@ -28,10 +28,9 @@ from update_server.devices import fleet_versions
 from update_server.errors import Error, TooManyRequestsError
 from update_server.grants import api as grants_api
 from update_server.grants import service as grants_service
-from update_server.operators import accounts_api
+from update_server.operators import accounts_api, auth
 from update_server.operators import api as operator_api
 from update_server.operators import pages as _account_pages  # noqa: F401 (dashboard pages)
-from update_server.operators import auth
 from update_server.rollouts import api as rollouts_api
 from update_server.services import Services
 from update_server.tuf import files as tuf_files

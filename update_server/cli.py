@@ -32,13 +32,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from edgepkg._cli_support import CliParser, run_cli
 from update_server import schema
-from update_server.audit import service as audit
 from update_server.audit import cli as audit_cli
+from update_server.audit import service as audit
 from update_server.config import ENV_PREFIX, ServerConfig, load_config
 from update_server.db import Database, utcnow
 from update_server.errors import BadRequestError, Error
-from update_server.operators.auth import create_enrollment_token, create_operator_token, create_user
 from update_server.operators import cli as accounts_cli
+from update_server.operators.auth import create_enrollment_token, create_operator_token, create_user
 from update_server.operators.models import ROLES
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")

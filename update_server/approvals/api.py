@@ -18,6 +18,7 @@ from update_server.audit.web import record_request
 from update_server.dashboard.views import bp as dashboard_bp
 from update_server.db import get_session
 from update_server.errors import Error
+from update_server.operators.accounts import principal
 from update_server.operators.auth import Operator, current_operator, require_operator
 from update_server.rollouts import service as rollouts
 from update_server.rollouts.models import Rollout
@@ -33,7 +34,7 @@ def needs_approval(model: str) -> bool:
 def on_create(session: Session, r: Rollout, op: Operator | None) -> None:
     """After creating ``r`` awaiting approval: remember who asked (the approver must differ)."""
     if r.status == "awaiting_approval":
-        who = approvals.principal(session, op) if op is not None else "anonymous"
+        who = principal(session, op) if op is not None else "anonymous"
         approvals.request_approval(session, r, who, services().now())
 
 
@@ -41,7 +42,7 @@ def _approve(rollout_id: str) -> Rollout:
     op = current_operator()
     assert op is not None  # require_operator ran
     db = get_session()
-    who = approvals.principal(db, op)
+    who = principal(db, op)
     r = approvals.approve(db, rollout_id, who, services().now())
     record_request("rollout.approve", rollout_id, {"approver": who, "model": r.model,
                                                    "version": r.version})

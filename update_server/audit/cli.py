@@ -8,15 +8,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 from update_server.audit import service as audit
 from update_server.config import ServerConfig
 from update_server.db import Database, utcnow
 from update_server.errors import Error
 
+_DURATION = re.compile(r"^\d+[smhdw]$")
 LoadConfig = Callable[[argparse.Namespace], ServerConfig]
 Emit = Callable[[argparse.Namespace, Mapping[str, object], str], None]
 
@@ -49,16 +52,19 @@ def register(sub: Any, load: LoadConfig, emit: Emit, parse_when: Callable[[str],
     def export(args: argparse.Namespace) -> int:
         since = parse_when(args.since) if args.since else None
         db = Database(load(args).database_url)
-        out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
         try:
-            with db.session() as s:
+            with contextlib.ExitStack() as stack:
+                out: TextIO = sys.stdout
+                if args.output:
+                    out = stack.enter_context(
+                        open(args.output, "w", encoding="utf-8", newline="")
+                    )
+                s = stack.enter_context(db.session())
                 for chunk in audit.export_lines(
                     audit.iter_entries(s, audit.Filters(since=since)), args.format
                 ):
                     out.write(chunk)
         finally:
-            if out is not sys.stdout:
-                out.close()
             db.dispose()
         return 0
 
@@ -77,6 +83,6 @@ def since_parser(parse_expiry: Callable[[str, Any], Any]) -> Callable[[str], Any
     def parse(text: str) -> Any:
         now = utcnow()
         t = parse_expiry(text, now)
-        return now - (t - now) if t > now else t
+        return now - (t - now) if _DURATION.match(text.strip()) else t
 
     return parse

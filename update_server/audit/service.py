@@ -135,7 +135,7 @@ class Filters:
     until: dt.datetime | None = None
 
 
-def _filtered(f: Filters) -> Select[tuple[AuditEntry]]:
+def _filtered(f: Filters) -> Select[Any]:
     q = select(AuditEntry)
     if f.actor:
         q = q.where(AuditEntry.actor == f.actor)
@@ -156,7 +156,9 @@ def query(session: Session, f: Filters, *, limit: int = 100, offset: int = 0) ->
     return list(session.scalars(q))
 
 
-def iter_entries(session: Session, f: Filters = Filters(), batch: int = 1000) -> Iterator[AuditEntry]:
+def iter_entries(
+    session: Session, f: Filters = Filters(), batch: int = 1000
+) -> Iterator[AuditEntry]:
     """Oldest first, in batches (the log may be large)."""
     last = 0
     while True:

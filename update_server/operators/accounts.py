@@ -15,8 +15,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from update_server.operators.auth import Operator
 from update_server.errors import BadRequestError, ForbiddenError, NotFoundError
+from update_server.operators.auth import Operator
 from update_server.operators.models import ROLES, OperatorSession, OperatorToken, User
 
 MIN_PASSWORD = 12

@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy.orm import Session
 
 from update_server import _validate as v
 from update_server.audit.web import record_request
@@ -27,6 +28,11 @@ from update_server.operators.auth import (
 )
 
 bp = Blueprint("accounts_api", __name__, url_prefix="/api/v1")
+
+
+def _who(db: Session) -> str | None:
+    op = current_operator()
+    return accounts.principal(db, op) if op is not None else None
 
 MAX_TOKEN_LIFETIME_S = 5 * 366 * 86400
 
@@ -68,7 +74,6 @@ def patch_user(username: str) -> ResponseReturnValue:
     db = get_session()
     body = v.json_body(request)
     _only(body, {"disabled", "role"})
-    op = current_operator()
     user = accounts.get_user(db, username)
     if "role" in body:
         accounts.set_role(db, username, _text(body, "role", 16))
@@ -76,7 +81,7 @@ def patch_user(username: str) -> ResponseReturnValue:
     if "disabled" in body:
         if not isinstance(body["disabled"], bool):
             raise BadRequestError("'disabled' must be true or false", field="disabled")
-        accounts.set_disabled(db, username, body["disabled"], by=op.name if op else None)
+        accounts.set_disabled(db, username, body["disabled"], by=_who(db))
         record_request("user.disable" if body["disabled"] else "user.enable", user.username, {})
     db.commit()
     return jsonify(accounts.user_json(user))
@@ -86,8 +91,7 @@ def patch_user(username: str) -> ResponseReturnValue:
 @require_operator("admin")
 def disable_user(username: str) -> ResponseReturnValue:
     db = get_session()
-    op = current_operator()
-    user = accounts.set_disabled(db, username, True, by=op.name if op else None)
+    user = accounts.set_disabled(db, username, True, by=_who(db))
     record_request("user.disable", user.username, {})
     db.commit()
     return "", 204

@@ -12,6 +12,7 @@ import datetime as dt
 
 from flask import flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from sqlalchemy.orm import Session
 
 from update_server.audit.web import record_request
 from update_server.dashboard.views import _ctx, bp
@@ -25,6 +26,12 @@ from update_server.operators.auth import (
     require_operator,
 )
 from update_server.operators.models import ROLES
+
+
+def _who(db: Session) -> str | None:
+    op = current_operator()
+    return accounts.principal(db, op) if op is not None else None
+
 
 _EXPIRY_DAYS = {"": None, "7": 7, "30": 30, "90": 90, "365": 365}
 
@@ -63,7 +70,7 @@ def users_action() -> ResponseReturnValue:
             record_request("user.create", u.username, {"role": u.role})
             msg = f"User {u.username} created."
         elif action in ("disable", "enable"):
-            accounts.set_disabled(db, name, action == "disable", by=op.name if op else None)
+            accounts.set_disabled(db, name, action == "disable", by=_who(db))
             record_request(f"user.{action}", name, {})
             msg = f"User {name}: {action}d."
         elif action == "reset_password":
