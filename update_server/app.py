@@ -28,7 +28,7 @@ from update_server.devices import fleet_versions
 from update_server.errors import Error, TooManyRequestsError
 from update_server.grants import api as grants_api
 from update_server.grants import service as grants_service
-from update_server.operators import accounts_api, auth
+from update_server.operators import accounts_api, auth, oidc
 from update_server.operators import api as operator_api
 from update_server.operators import pages as _account_pages  # noqa: F401 (dashboard pages)
 from update_server.rollouts import api as rollouts_api
@@ -171,6 +171,7 @@ def create_app(
         audit_api.bp,
         approvals_api.bp,
         accounts_api.bp,
+        oidc.bp,
     ):
         app.register_blueprint(blueprint)
     _register_errors(app)
