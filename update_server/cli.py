@@ -5,6 +5,7 @@
         [--worker-connections 1000] [--threads 4] [--keep-alive 75] [--no-access-log]
         [--migrate]
     edgepkg-server create-token --role admin|release|viewer --name NAME [--expires-in 90d]
+        [--owner USER]
     edgepkg-server create-user --username NAME --role ROLE
         (password from EDGEPKG_PASSWORD or stdin)
     edgepkg-server create-enrollment [--uses N] [--expires 7d|ISO] [--tags a,b] [--note TEXT]

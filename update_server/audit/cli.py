@@ -71,7 +71,8 @@ def register(sub: Any, load: LoadConfig, emit: Emit, parse_when: Callable[[str],
     s = asub.add_parser("verify", help="walk the hash chain; exit 1 naming the first broken entry")
     s.set_defaults(func=verify)
     s = asub.add_parser("export", help="write the log (oldest first) as JSON Lines or CSV")
-    s.add_argument("--format", choices=audit.EXPORT_FORMATS, default="jsonl")
+    s.add_argument("--format", choices=audit.EXPORT_FORMATS, default="jsonl",
+                   help="jsonl (default: one JSON object a line) or csv")
     s.add_argument("--since", help="only entries from this time (ISO) or this long ago (7d)")
     s.add_argument("--output", help="file to write (default: standard output)")
     s.set_defaults(func=export)

@@ -90,15 +90,15 @@ def register(sub: Any, load: LoadConfig, emit: Emit) -> None:
     usub.add_parser("list", help="list users").set_defaults(func=users_list)
     for verb in ("disable", "enable"):
         s = usub.add_parser(verb, help=f"{verb} a user (disabling ends their sessions)")
-        s.add_argument("username")
+        s.add_argument("username", help="the user's login name")
         s.set_defaults(func=users_set)
     s = usub.add_parser("reset-password", help="set a new password (EDGEPKG_PASSWORD or stdin)")
-    s.add_argument("username")
+    s.add_argument("username", help="the user's login name")
     s.set_defaults(func=users_reset)
     p = sub.add_parser("tokens", help="list or revoke operator API tokens")
     tsub = p.add_subparsers(dest="tokens_command", required=True, parser_class=type(p))
     tsub.add_parser("list", help="list tokens (never their secrets)").set_defaults(
         func=tokens_list)
     s = tsub.add_parser("revoke", help="revoke a token by id")
-    s.add_argument("token_id")
+    s.add_argument("token_id", help="the token's id (from 'tokens list')")
     s.set_defaults(func=tokens_revoke)
