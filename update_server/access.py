@@ -27,6 +27,8 @@ PUBLIC_ENDPOINTS = frozenset(
         "devices_api.enroll",  # the enrollment token in the body is the credential
         "auth.login",
         "auth.logout",
+        "oidc.start",  # OpenID Connect sign-in: 404 unless configured; state/nonce/PKCE guard
+        "oidc.callback",
         "dashboard.static",
         "openapi.openapi_json",
     }

@@ -17,6 +17,9 @@ from edgepkg.errors import ProtocolError
 from update_server import metrics, openapi, web_hygiene
 from update_server.access import require_credentials
 from update_server.alerts import api as alerts_api
+from update_server.approvals import api as approvals_api
+from update_server.audit import api as audit_api
+from update_server.audit import views as _audit_pages  # noqa: F401 (adds dashboard pages)
 from update_server.config import ServerConfig, load_config
 from update_server.dashboard import console
 from update_server.dashboard import views as dashboard
@@ -27,8 +30,9 @@ from update_server.errors import Error, TooManyRequestsError
 from update_server.grants import api as grants_api
 from update_server.grants import service as grants_service
 from update_server.groups import api as groups_api
+from update_server.operators import accounts_api, auth, oidc
 from update_server.operators import api as operator_api
-from update_server.operators import auth
+from update_server.operators import pages as _account_pages  # noqa: F401 (dashboard pages)
 from update_server.rollouts import api as rollouts_api
 from update_server.services import Services
 from update_server.tuf import files as tuf_files
@@ -143,7 +147,9 @@ def create_app(
         clock=clock or utcnow,
         openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS,
                        **fleet_versions.OPENAPI_PATHS, **grants_api.OPENAPI_PATHS,
-                       **groups_api.OPENAPI_PATHS, **inventory.OPENAPI_PATHS},
+                       **groups_api.OPENAPI_PATHS, **inventory.OPENAPI_PATHS,
+                       **audit_api.OPENAPI_PATHS, **approvals_api.OPENAPI_PATHS,
+                       **accounts_api.OPENAPI_PATHS},
     ).install(app)
     grants_service.init_app(app, cfg)
     metrics.init_app(app)
@@ -168,6 +174,10 @@ def create_app(
         groups_api.bp,  # issue 14: dynamic groups
         inventory.bp,  # issue 14: bulk device actions
         console.bp,  # issue 14: console pages beside the dashboard
+        audit_api.bp,
+        approvals_api.bp,
+        accounts_api.bp,
+        oidc.bp,
     ):
         app.register_blueprint(blueprint)
     _register_errors(app)

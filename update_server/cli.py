@@ -5,10 +5,14 @@
         [--worker-connections 1000] [--threads 4] [--keep-alive 75] [--no-access-log]
         [--migrate]
     edgepkg-server create-token --role admin|release|viewer --name NAME [--expires-in 90d]
+        [--owner USER]
     edgepkg-server create-user --username NAME --role ROLE
         (password from EDGEPKG_PASSWORD or stdin)
     edgepkg-server create-enrollment [--uses N] [--expires 7d|ISO] [--tags a,b] [--note TEXT]
     edgepkg-server jobs [--once] [--poll 1]   (rollout evaluation, alert rules; one leader)
+    edgepkg-server users list|disable NAME|enable NAME|reset-password NAME
+    edgepkg-server tokens list|revoke ID
+    edgepkg-server audit verify|export [--format jsonl|csv] [--since 7d|ISO] [--output FILE]
 
 Exit status: 0 success, 1 error, 2 usage. ``--json`` prints machine-readable output, and makes
 errors a JSON line on stderr (conventions shared with ``edgepkg``: :mod:`edgepkg._cli_support`).
@@ -30,9 +34,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from edgepkg._cli_support import CliParser, run_cli
 from update_server import schema
+from update_server.audit import cli as audit_cli
+from update_server.audit import service as audit
 from update_server.config import ENV_PREFIX, ServerConfig, load_config
 from update_server.db import Database, utcnow
 from update_server.errors import BadRequestError, Error
+from update_server.operators import cli as accounts_cli
 from update_server.operators.auth import create_enrollment_token, create_operator_token, create_user
 from update_server.operators.models import ROLES
 
@@ -85,6 +92,8 @@ def cmd_create_token(args: argparse.Namespace) -> int:
         row, plaintext = create_operator_token(
             s, name=args.name, role=args.role, expires_at=expires
         )
+        row.created_by = args.owner  # approvals count the token as this user
+        audit.record(s, "cli", "token.create", row.id, {"name": row.name, "role": row.role})
         data = {
             "id": row.id,
             "name": row.name,
@@ -105,6 +114,7 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     db = Database(cfg.database_url)
     with db.session() as s:
         user = create_user(s, username=args.username, password=password, role=args.role)
+        audit.record(s, "cli", "user.create", user.username, {"role": user.role})
         data = {"id": user.id, "username": user.username, "role": user.role}
     db.dispose()
     _print(args, data, f"user {args.username} ({args.role}) created")
@@ -124,6 +134,8 @@ def cmd_create_enrollment(args: argparse.Namespace) -> int:
         row, plaintext = create_enrollment_token(
             s, max_uses=args.uses, expires_at=expires, tags=tags, note=args.note, created_by="cli"
         )
+        audit.record(s, "cli", "enrollment_token.create", row.id,
+                     {"max_uses": row.max_uses, "tags": tags})
         data = {
             "id": row.id,
             "token": plaintext,
@@ -290,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
     s.add_argument("--name", required=True, help="who or what uses the token (shown in audits)")
     s.add_argument("--expires-in", help="e.g. 90d; default: never")
+    s.add_argument("--owner", help="the user the token acts for (four-eyes approvals)")
     s.set_defaults(func=cmd_create_token)
     s = sub.add_parser("create-user", help="create a dashboard user (password on stdin)")
     s.add_argument("--username", required=True, help="login name (1-100 characters, unique)")
@@ -305,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--once", action="store_true", help="one tick, then exit")
     s.add_argument("--poll", type=float, default=1.0, help="seconds between ticks")
     s.set_defaults(func=cmd_jobs)
+    accounts_cli.register(sub, _config, _print)
+    audit_cli.register(sub, _config, _print, audit_cli.since_parser(parse_expiry))
     return p
 
 

@@ -69,6 +69,18 @@ class ServerConfig:
     # Reverse proxies in front that set X-Forwarded-For/-Proto (nginx: 1). 0 trusts none, so
     # the client address of throttling is the socket peer.
     proxy_hops: int = 0
+    # Four-eyes rule (update_server.approvals): comma-separated model names whose rollouts wait
+    # for a second person's approval, or "*" for every model; empty: no approvals needed.
+    approval_required: str = ""
+    # OpenID Connect sign-in (update_server.operators.oidc); off while oidc_issuer is empty.
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_redirect_uri: str = ""
+    # Claim holding the user's groups, and "group=role" pairs (comma-separated); a user whose
+    # groups map to no role is refused. The strongest mapped role wins.
+    oidc_groups_claim: str = "groups"
+    oidc_role_map: str = ""
 
     def __post_init__(self) -> None:
         if self.poll_interval < 1:

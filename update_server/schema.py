@@ -12,6 +12,8 @@ from sqlalchemy import MetaData
 
 # Every table module, imported for its side effect of registering tables on Base.metadata.
 from update_server.alerts import models as _alert_tables  # noqa: F401
+from update_server.approvals import models as _approval_tables  # noqa: F401
+from update_server.audit import models as _audit_tables  # noqa: F401
 from update_server.db import Base, init_engine
 from update_server.devices import models as _device_tables  # noqa: F401
 from update_server.grants import models as _grant_tables  # noqa: F401

@@ -14,6 +14,8 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from flask.typing import ResponseReturnValue
 
 from update_server import _validate as v
+from update_server.approvals import api as approvals_api
+from update_server.audit.web import record_request
 from update_server.dashboard import console_data as cd
 from update_server.db import get_session
 from update_server.devices.inventory import bulk_apply
@@ -268,8 +270,14 @@ def release_rollout(model: str) -> ResponseReturnValue:
     form = {k: (request.form.get(k) or "").strip()[:2000] for k in keys}
     form["model"] = model[:200]
     try:
+        # The same four-eyes rule and audit record as the API (rollouts/api.py).
+        waits = approvals_api.needs_approval(form["model"])
         r = svc.create_rollout(db, rollout_body(form), releases=services().current_releases(),
-                               now=services().now(), created_by=_actor())
+                               now=services().now(), created_by=_actor(),
+                               awaiting_approval=waits)
+        approvals_api.on_create(db, r, current_operator())
+        record_request("rollout.create", r.id, {"model": r.model, "version": r.version,
+                                                "selector": r.selector, "status": r.status})
         db.commit()
     except Error as exc:
         db.rollback()

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from update_server.alerts.api import SILENT_INTERVALS
 from update_server.alerts.service import fleet_alerts
+from update_server.audit.web import record_request
 from update_server.dashboard import console_data as cd
 from update_server.dashboard.console_data import device_rollouts
 from update_server.db import get_session
@@ -145,6 +146,7 @@ def rollout_action(rollout_id: str, action: str) -> ResponseReturnValue:
         svc.operator_action(
             db, rollout_id, action, now=now_(), actor=op.name if op else None, reason=reason
         )
+        record_request(f"rollout.{action}", rollout_id, {"reason": reason} if reason else {})
         db.commit()
         flash(f"Rollout {rollout_id}: {action} done.", "ok")
     except Error as exc:

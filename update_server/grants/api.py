@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from edgepkg.protocol import DEVICE_ID_RE
 from update_server import _validate as v
+from update_server.audit.web import record_request
 from update_server.db import get_session
 from update_server.devices.models import DEVICE_ENABLED, Device
 from update_server.errors import BadRequestError, ConflictError, NotFoundError
@@ -88,6 +89,7 @@ def issue_grant() -> ResponseReturnValue:
     op = current_operator()
     grant = service.issue(db, device_id, release, issuer=f"operator:{op.name if op else '?'}",
                           now=services().now())
+    record_request("key_grant.issue", device_id, {"target": target})
     db.commit()
     return jsonify(grant=grant, grant_json=json.dumps(grant, sort_keys=True,
                                                       separators=(",", ":"))), 201

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from edgepkg.protocol import parse_time
 from update_server import _validate as v
+from update_server.audit.web import record_request
 from update_server.db import get_session, utcnow
 from update_server.devices.inventory import DeviceFilter, find_devices, online_after
 from update_server.devices.models import (
@@ -120,6 +121,7 @@ def patch_device(device_id: str) -> ResponseReturnValue:
     tags = [t for t in tags if t not in remove]
     if len(tags) > 64:
         raise BadRequestError("a device may have at most 64 tags")
+    before = (list(device.tags or []), device.status)
     device.tags = tags
     if "status" in body:
         status = body["status"]
@@ -135,6 +137,11 @@ def patch_device(device_id: str) -> ResponseReturnValue:
                 "notes must be a string of at most 4000 characters", field="notes"
             )
         device.notes = (notes.strip() or None) if notes is not None else None
+    if before[0] != tags:
+        record_request("device.tag", device.id, {"before": before[0], "after": tags})
+    if before[1] != device.status:
+        verb = "disable" if device.status == DEVICE_DISABLED else "enable"
+        record_request(f"device.{verb}", device.id, {})
     db.commit()
     return jsonify(device_json(device, detail=True))
 
@@ -160,6 +167,7 @@ def delete_device(device_id: str) -> ResponseReturnValue:
     db = get_session()
     device = _get_device(device_id)
     db.delete(device)
+    record_request("device.delete", device_id, {})
     db.commit()
     return "", 204
 
@@ -227,6 +235,7 @@ def create_enrollment() -> ResponseReturnValue:
         note=note,
         created_by=op.name if op else None,
     )
+    record_request("enrollment_token.create", row.id, {"max_uses": max_uses, "tags": tags})
     db.commit()
     return jsonify(token=plaintext, **token_json(row)), 201
 
@@ -246,6 +255,7 @@ def revoke_enrollment_token(token_id: str) -> ResponseReturnValue:
     if row is None:
         raise NotFoundError("no such enrollment token")
     row.revoked = True
+    record_request("enrollment_token.revoke", row.id, {})
     db.commit()
     return "", 204
 

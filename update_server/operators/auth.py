@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response
 
+from update_server.audit import service as audit
 from update_server.db import get_session, utcnow
 from update_server.errors import (
     BadRequestError,
@@ -404,10 +405,16 @@ def login() -> Response | str | tuple[str, int]:
             error = exc.message
             if token or username:
                 throttle.record_failure(db, keys, now, _policy())
+                # The name tried, never the password or token; a token try is just "token".
+                audit.record(db, None, "login.failed", username[:100] if username else "token",
+                             {"method": "token" if token else "password"},
+                             request.remote_addr, now=now)
                 db.commit()
         else:
             throttle.record_success(db, keys)
             login_operator(db, op, utcnow())  # wall clock, as current_operator checks it
+            audit.record(db, op, "login", op.name, {"method": op.kind}, request.remote_addr,
+                         now=now)
             db.commit()
             return redirect(safe_next(request.args.get("next")))
         return render_template("login.html", error=error), 401
@@ -417,6 +424,12 @@ def login() -> Response | str | tuple[str, int]:
 @bp.post("/logout")
 def logout() -> Response:
     db = get_session()
+    try:
+        op = current_operator()
+    except UnauthorizedError:  # a stale bearer header must not block signing out
+        op = None
     logout_operator(db)
+    if op is not None:
+        audit.record(db, op, "logout", op.name, {}, request.remote_addr, now=_now())
     db.commit()
     return redirect(url_for("auth.login"))

@@ -46,6 +46,9 @@ class OperatorToken(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     revoked: Mapped[bool] = mapped_column(default=False)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # issue 14: the user who created the token (None: the CLI). Four-eyes approvals count a
+    # token as this user, so nobody approves their own rollout with a second token.
+    created_by: Mapped[str | None] = mapped_column(String(100), default=None)
 
 
 class User(Base):

@@ -18,6 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
 from update_server import _validate as v
+from update_server.approvals import api as approvals_api
+from update_server.audit.web import record_request
 from update_server.db import get_session
 from update_server.errors import BadRequestError, NotFoundError
 from update_server.metrics import add_collector
@@ -68,7 +70,13 @@ def poll_interval() -> int:
 def create_rollout() -> ResponseReturnValue:
     db = get_session()
     body = v.json_body(request)
-    r = svc.create_rollout(db, body, releases=_releases(), now=server_now(), created_by=_actor())
+    model = body.get("model") if isinstance(body, dict) else None
+    waits = isinstance(model, str) and approvals_api.needs_approval(model)
+    r = svc.create_rollout(db, body, releases=_releases(), now=server_now(), created_by=_actor(),
+                           awaiting_approval=waits)
+    approvals_api.on_create(db, r, current_operator())
+    record_request("rollout.create", r.id, {"model": r.model, "version": r.version,
+                                            "selector": r.selector, "status": r.status})
     out = svc.rollout_json(db, r)
     db.commit()
     return jsonify(out), 201
@@ -101,12 +109,16 @@ def rollout_action(rollout_id: str, action: str) -> ResponseReturnValue:
     now = server_now()
     if action == "rollback":
         new = svc.rollback(db, rollout_id, releases=_releases(), now=now, actor=_actor())
+        record_request("rollout.rollback", rollout_id, {"new_rollout": new.id,
+                                                        "to_version": new.version})
         out = svc.rollout_json(db, new)
         db.commit()
         return jsonify(out), 201
     if action not in ("pause", "resume", "abort"):
         raise NotFoundError(f"unknown rollout action {action!r}")
-    r = svc.operator_action(db, rollout_id, action, now=now, actor=_actor(), reason=_reason(body))
+    reason = _reason(body)
+    r = svc.operator_action(db, rollout_id, action, now=now, actor=_actor(), reason=reason)
+    record_request(f"rollout.{action}", rollout_id, {"reason": reason} if reason else {})
     out = svc.rollout_json(db, r)
     db.commit()
     return jsonify(out)

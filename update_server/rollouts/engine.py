@@ -43,7 +43,8 @@ RUNNING = "running"
 PAUSED = "paused"
 ABORTED = "aborted"
 COMPLETED = "completed"
-STATUSES = (RUNNING, PAUSED, ABORTED, COMPLETED)
+AWAITING_APPROVAL = "awaiting_approval"  # four-eyes rule (update_server.approvals): not started
+STATUSES = (RUNNING, PAUSED, ABORTED, COMPLETED, AWAITING_APPROVAL)
 
 PENDING = "pending"
 SUCCEEDED = "succeeded"
@@ -273,7 +274,7 @@ def refresh_cutoff(
 _TRANSITIONS: dict[str, dict[str, str]] = {
     "pause": {RUNNING: PAUSED},
     "resume": {PAUSED: RUNNING},
-    "abort": {RUNNING: ABORTED, PAUSED: ABORTED},
+    "abort": {RUNNING: ABORTED, PAUSED: ABORTED, AWAITING_APPROVAL: ABORTED},
 }
 
 
@@ -290,6 +291,15 @@ def operator_action(
     if action == "resume":
         return dataclasses.replace(state, status=new, reason=None, failure_window_start=now)
     return dataclasses.replace(state, status=new, reason=reason or f"{action}d by an operator")
+
+
+def approve(
+    spec: RolloutSpec, state: RolloutState, device_ids: Sequence[str], now: dt.datetime
+) -> RolloutState:
+    """Start an approved rollout now: stage 0 over the devices matching at approval time."""
+    if state.status != AWAITING_APPROVAL:
+        raise RolloutTransitionError(f"cannot approve a rollout that is {state.status}")
+    return start(spec, device_ids, now)
 
 
 class RolloutTransitionError(ConflictError):

@@ -32,7 +32,9 @@ from update_server.rollouts.schedule import parse_schedule, save_schedule, sched
 from update_server.rollouts.spec import parse_spec
 from update_server.tuf.releases import Release
 
-ACTIVE = (eng.RUNNING, eng.PAUSED)
+ACTIVE = (eng.RUNNING, eng.PAUSED, eng.AWAITING_APPROVAL)
+"""States that hold the model + selector's ``active_key`` (awaiting approval included, so a
+second rollout cannot sneak past one waiting for its approver)."""
 
 
 # --- conversions -----------------------------------------------------------------------------
@@ -176,8 +178,11 @@ def create_rollout(
     releases: Sequence[Release],
     now: dt.datetime,
     created_by: str | None = None,
+    awaiting_approval: bool = False,
 ) -> Rollout:
-    """Validate and start a rollout. 409 when one is already active for the model + selector."""
+    """Validate and start a rollout. 409 when one is already active for the model + selector.
+
+    ``awaiting_approval``: store it unstarted until :func:`start_approved` (four-eyes rule)."""
     spec = parse_spec(_new_id(), body)
     if spec.selector.group is not None and group_node(session, spec.selector.group) is None:
         raise NotFoundError(
@@ -192,9 +197,20 @@ def create_rollout(
             f"{spec.model} {spec.version} is not a current release in the TUF repository",
             code="unknown_release",
         )
-    row = _insert(session, spec, now=now, created_by=created_by)
+    row = _insert(
+        session, spec, now=now, created_by=created_by, awaiting_approval=awaiting_approval
+    )
     save_schedule(session, row, schedule, now)
     return row
+
+
+def start_approved(session: Session, r: Rollout, now: dt.datetime) -> Rollout:
+    """Start a rollout that was awaiting approval (409 when it is not, or changed meanwhile)."""
+    spec = spec_of(r)
+    new = eng.approve(spec, state_of(r), candidate_ids(session, spec), now)
+    if not _save_state(session, r, new, now):
+        raise ConflictError("the rollout changed meanwhile; reload and try again")
+    return r
 
 
 def _insert(
@@ -204,6 +220,7 @@ def _insert(
     now: dt.datetime,
     created_by: str | None,
     rollback_of: str | None = None,
+    awaiting_approval: bool = False,
 ) -> Rollout:
     key = _active_key(spec)
     clash = session.scalar(select(Rollout.id).where(Rollout.active_key == key))
@@ -212,6 +229,8 @@ def _insert(
             f"rollout {clash} is already active for {spec.model} with this selector; abort it first"
         )
     state = eng.start(spec, candidate_ids(session, spec), now)
+    if awaiting_approval:
+        state = eng.RolloutState(**{**_state_values(state), "status": eng.AWAITING_APPROVAL})
     row = Rollout(
         id=spec.rollout_id,
         model=spec.model,
