@@ -28,8 +28,11 @@ from update_server.operators import api as operator_api
 from update_server.operators import auth
 from update_server.rollouts import api as rollouts_api
 from update_server.services import Services
+from update_server.telemetry import api as telemetry_api
+from update_server.telemetry import metrics as telemetry_metrics
 from update_server.tuf import files as tuf_files
 from update_server.tuf.releases import Release, ReleaseCache
+from update_server.webhooks import api as webhooks_api
 
 log = logging.getLogger("update_server")
 
@@ -121,11 +124,15 @@ def create_app(
         releases=ReleaseCache(cfg.repo_dir, release_reader),
         clock=clock or utcnow,
         openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS,
-                       **fleet_versions.OPENAPI_PATHS, **grants_api.OPENAPI_PATHS},
+                       **fleet_versions.OPENAPI_PATHS, **grants_api.OPENAPI_PATHS,
+                       **telemetry_api.OPENAPI_PATHS, **webhooks_api.OPENAPI_PATHS},
     ).install(app)
     grants_service.init_app(app, cfg)
     metrics.init_app(app)
     rollouts_api.register_metrics(app)
+    metrics.add_collector(app, telemetry_metrics.TelemetryCollector(app))
+    telemetry_api.init_app(app)
+    webhooks_api.init_app(app)
     # Hooks run in this order: metrics (so refused requests are counted too), credentials
     # (deny by default), then CSRF (for the state-changing forms of a signed-in operator).
     app.before_request(require_credentials)
@@ -142,6 +149,8 @@ def create_app(
         tuf_files.bp,
         openapi.bp,
         fleet_versions.bp,
+        telemetry_api.bp,
+        webhooks_api.bp,
     ):
         app.register_blueprint(blueprint)
     _register_errors(app)
