@@ -41,9 +41,11 @@ def field_gate_result(
     gate = spec.field_gate
     if gate is None:
         return fg.GateResult("pass", "no field gate")
-    admitted = dict(session.execute(
-        select(RolloutDevice.device_id, RolloutDevice.from_version)
-        .where(RolloutDevice.rollout_id == r.id)).tuples().all())
+    admitted: dict[str, str | None] = {
+        row[0]: row[1] for row in session.execute(
+            select(RolloutDevice.device_id, RolloutDevice.from_version)
+            .where(RolloutDevice.rollout_id == r.id))
+    }
     before = Counter(v for v in admitted.values() if v and v != r.version).most_common(1)
     previous = before[0][0] if before else None
     canary = {d for d in admitted if versions.get(d) == r.version}

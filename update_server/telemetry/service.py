@@ -108,7 +108,7 @@ def dark_sweep(session: Session, cfg: ServerConfig, now: dt.datetime) -> int:
         select(ReportRow.device_id, func.max(ReportRow.interval_end))
         .join(Device, Device.id == ReportRow.device_id)
         .where(Device.status == "enabled").group_by(ReportRow.device_id)
-    ).tuples().all()
+    )
     checks = [rules.dark_check(d, end, now, cfg.telemetry_dark_after_s) for d, end in last]
     dark = [c for c in checks if c.bad]
     apply_checks(session, cfg, dark, now, open_after=1)

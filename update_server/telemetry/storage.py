@@ -153,7 +153,9 @@ def rollup_hour(session: Session, bucket: dt.datetime) -> list[dict[str, Any]]:
     start = _hour(bucket)
     end = start + dt.timedelta(hours=1)
     iv = _intervals.c
-    tags = dict(session.execute(select(Device.id, Device.tags)).tuples().all())
+    tags: dict[str, list[str]] = {
+        row[0]: row[1] for row in session.execute(select(Device.id, Device.tags))
+    }
     hw_temp: dict[tuple[str, int], float | None] = {}
     rc = _reports.c
     for dev, seq, cpu, gpu in session.execute(
