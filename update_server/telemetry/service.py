@@ -119,7 +119,8 @@ def cohort_checks(
     session: Session, cfg: ServerConfig, rows: Sequence[dict[str, object]], bucket: dt.datetime,
     now: dt.datetime, th: rules.Thresholds = rules.DEFAULT,
 ) -> int:
-    """Cohort drift of one *completed* hour, applied once per hour; return open cohort alerts."""
+    """Cohort drift of one *completed* hour, applied once per hour; return how many of the
+    checked cohorts have an open alert now."""
     checks = []
     for r in rows:
         scores = r.get("_device_psi")
@@ -139,7 +140,8 @@ def cohort_checks(
         row = session.get(TelemetryAlert, c.key)
         if row is not None:
             row.details = {**row.details, "bucket": bucket.isoformat()}
-    return sum(1 for c, _ in done if c.bad)
+    return sum(1 for c, _ in done
+               if (row := session.get(TelemetryAlert, c.key)) is not None and row.is_open)
 
 
 def maintain(db: Database, cfg: ServerConfig, now: dt.datetime) -> dict[str, int]:
