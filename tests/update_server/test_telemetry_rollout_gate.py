@@ -66,7 +66,9 @@ def test_stage_pauses_when_canary_latency_is_worse_than_control_in_the_field(
     _telemetry(session, control, "1.0.0", 10.0, 2)
     decision = svc.evaluate_rollout(session, r, T0 + dt.timedelta(hours=1))
     assert decision.action == "pause"
-    assert decision.reason.startswith("stage 1: canary p95 latency 1.8x control, n=10 vs 30, p<0.01")
+    assert decision.reason.startswith(
+        "stage 1: canary p95 latency 1.8x control, n=10 vs 30, p<0.01"
+    )
     row = session.scalar(select(Rollout).where(Rollout.id == r.id))
     assert row is not None and row.status == "paused" and row.reason == decision.reason
     assert svc.rollout_json(session, row)["field_gate"]["max_latency_ratio"] == 1.5

@@ -82,7 +82,7 @@ def test_retention_deletes_raw_rows_after_days_and_rollups_after_months(db: Data
         raw, rolled = storage.purge(s, CFG, T0 + dt.timedelta(days=3))
         assert raw == 4 * 12 and rolled == 0
         assert s.scalar(select(func.count()).select_from(TelemetryInterval)) == 0
-        assert s.scalar(select(func.count()).select_from(TelemetryRollup)) > 0
+        assert (s.scalar(select(func.count()).select_from(TelemetryRollup)) or 0) > 0
     with db.session() as s:
         storage.purge(s, CFG, T0 + dt.timedelta(days=31))
         assert s.scalar(select(func.count()).select_from(TelemetryRollup)) == 0
