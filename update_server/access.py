@@ -38,7 +38,7 @@ PUBLIC_ENDPOINTS = frozenset(
 METRICS_ENDPOINT = "metrics.metrics_public"
 """Public only when the configuration says so (``metrics_public``); operators otherwise."""
 
-DEVICE_BLUEPRINTS = frozenset({"devices_api"})
+DEVICE_BLUEPRINTS = frozenset({"devices_api", "telemetry_api"})
 """Blueprints whose endpoints (other than public ones) take a device signature."""
 
 _DEVICE_HEADERS = (HEADER_DEVICE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)

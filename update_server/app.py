@@ -35,8 +35,11 @@ from update_server.operators import api as operator_api
 from update_server.operators import pages as _account_pages  # noqa: F401 (dashboard pages)
 from update_server.rollouts import api as rollouts_api
 from update_server.services import Services
+from update_server.telemetry import api as telemetry_api
+from update_server.telemetry import metrics as telemetry_metrics
 from update_server.tuf import files as tuf_files
 from update_server.tuf.releases import Release, ReleaseCache
+from update_server.webhooks import api as webhooks_api
 
 log = logging.getLogger("update_server")
 
@@ -149,11 +152,15 @@ def create_app(
                        **fleet_versions.OPENAPI_PATHS, **grants_api.OPENAPI_PATHS,
                        **groups_api.OPENAPI_PATHS, **inventory.OPENAPI_PATHS,
                        **audit_api.OPENAPI_PATHS, **approvals_api.OPENAPI_PATHS,
-                       **accounts_api.OPENAPI_PATHS},
+                       **accounts_api.OPENAPI_PATHS,
+                       **telemetry_api.OPENAPI_PATHS, **webhooks_api.OPENAPI_PATHS},
     ).install(app)
     grants_service.init_app(app, cfg)
     metrics.init_app(app)
     rollouts_api.register_metrics(app)
+    metrics.add_collector(app, telemetry_metrics.TelemetryCollector(app))
+    telemetry_api.init_app(app)
+    webhooks_api.init_app(app)
     # Hooks run in this order: metrics (so refused requests are counted too), hostile text,
     # credentials (deny by default), then CSRF (for the state-changing forms of an operator).
     web_hygiene.init_app(app)  # strict path/query/form text first, security headers on all
@@ -178,6 +185,8 @@ def create_app(
         approvals_api.bp,
         accounts_api.bp,
         oidc.bp,
+        telemetry_api.bp,
+        webhooks_api.bp,
     ):
         app.register_blueprint(blueprint)
     _register_errors(app)

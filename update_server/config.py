@@ -51,6 +51,18 @@ class ServerConfig:
     # only, warned at start-up). Empty: no grants, devices must be direct recipients.
     key_service_key: str = ""
     grant_lifetime_s: int = 7 * 86400
+    # Field telemetry (update_server.telemetry): retention of raw intervals and of the hourly
+    # cohort rollups; reports accepted per device per minute / per day; how long without a
+    # report before a device that sent telemetry is "dark".
+    telemetry_raw_retention_days: int = 14
+    telemetry_rollup_retention_days: int = 400
+    telemetry_max_per_minute: int = 10
+    telemetry_max_per_day: int = 2000
+    telemetry_dark_after_s: int = 3 * 3600
+    # Signed webhooks (update_server.webhooks): a JSON list of {"url": ..., "secret": ...}
+    # (secret: at least 16 characters), or empty for none.
+    webhooks: str = ""
+    webhook_max_attempts: int = 8
     testing: bool = False
     # Login throttling (operators/throttle.py): free failures per username / per address,
     # then a lockout of base * 2**(extra failures) seconds, capped; counters reset after window.
@@ -104,6 +116,17 @@ class ServerConfig:
             )
         if self.login_user_free_failures < 1 or self.login_ip_free_failures < 1:
             raise ConfigError("login_*_free_failures must be at least 1")
+        if not 1 <= self.telemetry_raw_retention_days <= self.telemetry_rollup_retention_days:
+            raise ConfigError(
+                "telemetry_raw_retention_days must be at least 1 and at most "
+                "telemetry_rollup_retention_days"
+            )
+        if self.telemetry_max_per_minute < 1 or self.telemetry_max_per_day < 1:
+            raise ConfigError("telemetry_max_per_minute and telemetry_max_per_day must be >= 1")
+        if self.telemetry_dark_after_s < 60:
+            raise ConfigError("telemetry_dark_after_s must be at least 60 seconds")
+        if not 1 <= self.webhook_max_attempts <= 50:
+            raise ConfigError("webhook_max_attempts must be between 1 and 50")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}

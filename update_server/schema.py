@@ -21,6 +21,8 @@ from update_server.groups import models as _group_tables  # noqa: F401
 from update_server.operators import models as _operator_tables  # noqa: F401
 from update_server.rollouts import models as _rollout_tables  # noqa: F401
 from update_server.rollouts import schedule_models as _schedule_tables  # noqa: F401
+from update_server.telemetry import models as _telemetry_tables  # noqa: F401
+from update_server.webhooks import models as _webhook_tables  # noqa: F401
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

@@ -19,6 +19,7 @@ from update_server.devices.auth import DeviceLike
 from update_server.devices.models import Device, Event
 from update_server.rollouts import engine as eng
 from update_server.rollouts.models import Rollout
+from update_server.telemetry.service import open_alerts as telemetry_alerts
 
 _baselines = cast(Table, DeviceLatencyBaseline.__table__)
 _SELECT_BASELINE = select(
@@ -125,6 +126,7 @@ def fleet_alerts(
         al.RolloutView(r.id, r.model, r.version, r.status, r.reason, r.updated_at)
         for r in session.scalars(select(Rollout).where(Rollout.status == eng.PAUSED))
     )
+    out += telemetry_alerts(session, limit=limit)  # persisted, with hysteresis
     return al.sort_alerts(out)[:limit]
 
 

@@ -232,6 +232,22 @@ ROLLOUT_SCHEMA: dict[str, Any] = {
 
 
         **SCHEDULE_PROPERTIES,
+        "field_gate": {
+            "type": "object",
+            "description": "canary vs control on field telemetry (Mann-Whitney U / "
+            "two-proportion z-test); a failed gate pauses the rollout with the reason",
+            "properties": {
+                "max_latency_ratio": {"type": "number", "minimum": 1},
+                "max_error_rate_delta": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_drift_delta": {"type": "number", "minimum": 0},
+                "max_confidence_drop": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_accuracy_drop": {"type": "number", "minimum": 0, "maximum": 1},
+                "min_devices": {"type": "integer", "minimum": 2, "default": 5},
+                "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5,
+                          "default": 0.01},
+                "min_soak_s": {"type": "integer", "minimum": 0, "default": 0},
+            },
+        },
     },
 }
 _ROLLOUT_OUT = {"type": "object", "description": "a rollout with its state and per-stage counts"}

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from edgepkg.protocol import FAILURE_EVENTS, SUCCESS_EVENTS, InvalidVersionError, Version
 from update_server.errors import BadRequestError, ConflictError
+from update_server.rollouts.field_gate import FieldGate
 
 RUNNING = "running"
 PAUSED = "paused"
@@ -108,6 +109,8 @@ class RolloutSpec:
     on_failure: Literal["pause", "abort"] = "pause"
     allow_downgrade: bool = False
     from_version: str | None = None
+    field_gate: FieldGate | None = None
+    """Canary vs control on field telemetry before a stage may advance (:mod:`.field_gate`)."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class Rollout(Base):
     allow_downgrade: Mapped[bool] = mapped_column(default=False)
     from_version: Mapped[str | None] = mapped_column(String(100), default=None)
     rollback_of: Mapped[str | None] = mapped_column(String(40), default=None)
+    # The canary-vs-control field gate (rollouts.field_gate.FieldGate.to_json()), if any.
+    field_gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
     status: Mapped[str] = mapped_column(String(16), index=True)
     active_key: Mapped[str | None] = mapped_column(String(400), unique=True, default=None)

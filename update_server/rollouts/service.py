@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from flask import has_app_context
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,10 +28,14 @@ from update_server.devices.models import Device, DeviceModel
 from update_server.errors import ConflictError, NotFoundError
 from update_server.groups.service import group_node, selector_admits
 from update_server.rollouts import engine as eng
+from update_server.rollouts import field_gate as fg
+from update_server.rollouts.field_check import field_gate_result, with_field_gate
 from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.rollouts.schedule import parse_schedule, save_schedule, schedule_json
 from update_server.rollouts.spec import parse_spec
+from update_server.services import services
 from update_server.tuf.releases import Release
+from update_server.webhooks import service as webhooks
 
 ACTIVE = (eng.RUNNING, eng.PAUSED, eng.AWAITING_APPROVAL)
 """States that hold the model + selector's ``active_key`` (awaiting approval included, so a
@@ -53,6 +58,7 @@ def spec_of(r: Rollout) -> eng.RolloutSpec:
         on_failure="abort" if r.on_failure == "abort" else "pause",
         allow_downgrade=r.allow_downgrade,
         from_version=r.from_version,
+        field_gate=fg.FieldGate(**r.field_gate) if r.field_gate else None,
     )
 
 
@@ -245,6 +251,7 @@ def _insert(
         on_failure=spec.on_failure,
         allow_downgrade=spec.allow_downgrade,
         from_version=spec.from_version,
+        field_gate=spec.field_gate.to_json() if spec.field_gate else None,
         rollback_of=rollback_of,
         active_key=key,
         created_by=created_by,
@@ -299,6 +306,10 @@ def operator_action(
     new = eng.operator_action(state_of(r), action, now, reason or default)
     if not _save_state(session, r, new, now):
         raise ConflictError("the rollout changed meanwhile; reload and try again")
+    if action == "pause":
+        _notify(session, r, eng.Decision("pause", new.reason or ""), now)
+    elif action == "abort":
+        _notify(session, r, eng.Decision("abort", new.reason or ""), now)
     return r
 
 
@@ -400,6 +411,9 @@ def evaluate_rollout(session: Session, r: Rollout, now: dt.datetime) -> eng.Deci
         return eng.Decision("none", f"rollout is {r.status}")
     spec, state = spec_of(r), state_of(r)
     decision = eng.decide(spec, state, tallies(session, r), now)
+    if spec.field_gate is not None and decision.action in ("none", "advance", "complete"):
+        result = field_gate_result(session, r, spec, state, _versions(session, r.model), now)
+        decision = with_field_gate(spec, decision, result)
     if decision.action == "none":
         return decision
     ids: list[str] = []
@@ -412,8 +426,22 @@ def evaluate_rollout(session: Session, r: Rollout, now: dt.datetime) -> eng.Deci
     new = eng.apply_decision(spec, state, decision, ids, now)
     if decision.action in ("pause", "abort"):
         new = eng.RolloutState(**{**_state_values(new), "reason": decision.reason})
-    _save_state(session, r, new, now)
+    if _save_state(session, r, new, now):
+        _notify(session, r, decision, now)
     return decision
+
+
+def _notify(session: Session, r: Rollout, decision: eng.Decision, now: dt.datetime) -> None:
+    """Queue the rollout.paused / .completed / .aborted webhook (no-op without endpoints)."""
+    event = {"pause": "rollout.paused", "complete": "rollout.completed",
+             "abort": "rollout.aborted"}.get(decision.action)
+    if event is None:
+        return
+    if not has_app_context():
+        return  # a job outside the app (tests, scripts) has no webhook configuration
+    webhooks.enqueue(session, services().config, event, {
+        "rollout_id": r.id, "model": r.model, "version": r.version, "status": r.status,
+        "stage": r.stage_index + 1, "reason": decision.reason}, now)
 
 
 def evaluate_all(session: Session, now: dt.datetime) -> dict[str, eng.Decision]:
@@ -449,6 +477,7 @@ def _rollout_json(session: Session, r: Rollout) -> dict[str, Any]:
         "allow_downgrade": r.allow_downgrade,
         "from_version": r.from_version,
         "rollback_of": r.rollback_of,
+        "field_gate": r.field_gate,
         "status": r.status,
         "reason": r.reason,
         "stage": r.stage_index + 1,

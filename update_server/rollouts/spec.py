@@ -13,6 +13,7 @@ from typing import Any
 
 from edgepkg.protocol import InvalidVersionError, Version
 from update_server.rollouts.engine import RolloutSpec, RolloutSpecError, Selector, Stage
+from update_server.rollouts.field_gate import FieldGate
 
 MAX_STAGES = 20
 MAX_TAGS = 32
@@ -99,6 +100,7 @@ def parse_spec(rollout_id: str, obj: Any) -> RolloutSpec:
         "start_at",
         "max_starts_per_minute",
         "maintenance_window",
+        "field_gate",
     }
     unknown = set(obj) - allowed
     if unknown:
@@ -141,4 +143,46 @@ def parse_spec(rollout_id: str, obj: Any) -> RolloutSpec:
         failure_share=failure_share,
         min_devices=min_devices,
         on_failure=on_failure,
+        field_gate=parse_field_gate(obj.get("field_gate")),
+    )
+
+
+_GATE_LIMITS = {
+    "max_latency_ratio": (1.0, 100.0),
+    "max_error_rate_delta": (0.0, 1.0),
+    "max_drift_delta": (0.0, 100.0),
+    "max_confidence_drop": (0.0, 1.0),
+    "max_accuracy_drop": (0.0, 1.0),
+}
+
+
+def parse_field_gate(obj: Any) -> FieldGate | None:
+    """``field_gate``: canary-vs-control limits; at least one metric must be gated."""
+    if obj is None:
+        return None
+    if not isinstance(obj, dict):
+        raise RolloutSpecError("field_gate must be a JSON object")
+    unknown = set(obj) - set(_GATE_LIMITS) - {"min_devices", "alpha", "min_soak_s"}
+    if unknown:
+        raise RolloutSpecError(f"field_gate has unknown fields: {', '.join(sorted(unknown))}")
+    limits: dict[str, float | None] = {}
+    for key, (lo, hi) in _GATE_LIMITS.items():
+        limits[key] = (
+            _num(obj, key, lo, lo, hi) if obj.get(key) is not None else None
+        )
+    if all(v is None for v in limits.values()):
+        raise RolloutSpecError(
+            f"field_gate must set at least one of {', '.join(_GATE_LIMITS)}"
+        )
+    min_devices = obj.get("min_devices", 5)
+    if isinstance(min_devices, bool) or not isinstance(min_devices, int) or not (
+        2 <= min_devices <= 1_000_000
+    ):
+        raise RolloutSpecError("field_gate.min_devices must be an integer from 2")
+    alpha = _num(obj, "alpha", 0.01, 0, 0.5)
+    if alpha <= 0:
+        raise RolloutSpecError("field_gate.alpha must be above 0")
+    soak = _num(obj, "min_soak_s", 0, 0, 90 * 86400)
+    return FieldGate(
+        min_devices=min_devices, alpha=alpha, min_soak_s=int(soak), **limits
     )
