@@ -18,6 +18,8 @@ from update_server import metrics, openapi, web_hygiene
 from update_server.access import require_credentials
 from update_server.alerts import api as alerts_api
 from update_server.config import ServerConfig, load_config
+from update_server.dashboard import charts_api
+from update_server.dashboard import charts_views
 from update_server.dashboard import views as dashboard
 from update_server.db import Database, utcnow
 from update_server.devices import api as devices_api
@@ -140,7 +142,8 @@ def create_app(
         releases=ReleaseCache(cfg.repo_dir, release_reader),
         clock=clock or utcnow,
         openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS,
-                       **fleet_versions.OPENAPI_PATHS, **grants_api.OPENAPI_PATHS},
+                       **fleet_versions.OPENAPI_PATHS, **grants_api.OPENAPI_PATHS,
+                       **charts_api.OPENAPI_PATHS},
     ).install(app)
     grants_service.init_app(app, cfg)
     metrics.init_app(app)
@@ -159,6 +162,8 @@ def create_app(
         alerts_api.bp,
         grants_api.bp,
         dashboard.bp,
+        charts_api.bp,
+        charts_views.bp,
         tuf_files.bp,
         openapi.bp,
         fleet_versions.bp,
