@@ -32,7 +32,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ from device_updater.state import (
 )
 from device_updater.steps import UpdateSteps
 from device_updater.telemetry.service import for_agent as telemetry_for_agent
-from device_updater.trial import HealthLog, TrialPolicy
+from device_updater.trial import HealthLog, HealthReport, TrialPolicy
 from device_updater.validator import Validator, make_validator
 from edgepkg.errors import Error as EdgepkgError
 from edgepkg.protocol import Assignment
@@ -179,7 +179,7 @@ class Agent(UpdateSteps):
         return {
             "models": models, "state": state, "health": health,
             "free_disk_bytes": shutil.disk_usage(self.layout.root).free,
-            "last_error": self.last_error,
+            "last_error": self.last_error or _app_error(reports),
             "facts": {k: v for k, v in self.facts.items()
                       if isinstance(v, str | int | float | bool | list)},
         }
@@ -423,3 +423,15 @@ class Agent(UpdateSteps):
         """Record a clean stop, so the next start-up does not treat a trial as a crash."""
         for model in self.layout.model_names():
             self.store(model).mark_stopped()
+
+
+def _app_error(reports: Sequence[HealthReport]) -> str | None:
+    """The last failure the inference app reported (``report-health --fail``), for the
+    server's "Last error": the daemon's own errors come first, but without one the operator
+    must still see that the app failed and what it said."""
+    for r in reversed(reports[-50:]):
+        if r.status == "failing":
+            what = r.message or (f"{r.errors} failed inferences" if r.errors else "failing")
+            model = f"{r.model} {r.version or ''}".strip() if r.model else "the model"
+            return f"app reported a failure with {model}: {what}"[:4096]
+    return None

@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -481,13 +482,9 @@ def export_path(info: SlotInfo, runtime_dir: Path) -> Path:
 
 
 def _remove_tree(sub: Path) -> None:
-    if not sub.is_dir():
-        return
-    for p in sub.iterdir():
-        with contextlib.suppress(OSError):
-            p.unlink()
-    with contextlib.suppress(OSError):
-        sub.rmdir()
+    # Recursive: an export killed mid-way leaves its own scratch dir inside ``sub``.
+    if sub.is_dir():
+        shutil.rmtree(sub, ignore_errors=True)
 
 
 def remove_stale_exports(runtime_dir: Path) -> None:

@@ -18,15 +18,15 @@ from update_server import metrics, openapi, web_hygiene
 from update_server.access import require_credentials
 from update_server.alerts import api as alerts_api
 from update_server.config import ServerConfig, load_config
-from update_server.dashboard import charts_api
-from update_server.dashboard import charts_views
+from update_server.dashboard import charts_api, charts_views, console
 from update_server.dashboard import views as dashboard
 from update_server.db import Database, utcnow
 from update_server.devices import api as devices_api
-from update_server.devices import fleet_versions
+from update_server.devices import fleet_versions, inventory
 from update_server.errors import Error, TooManyRequestsError
 from update_server.grants import api as grants_api
 from update_server.grants import service as grants_service
+from update_server.groups import api as groups_api
 from update_server.operators import api as operator_api
 from update_server.operators import auth
 from update_server.rollouts import api as rollouts_api
@@ -143,6 +143,7 @@ def create_app(
         clock=clock or utcnow,
         openapi_paths={**rollouts_api.OPENAPI_PATHS, **alerts_api.OPENAPI_PATHS,
                        **fleet_versions.OPENAPI_PATHS, **grants_api.OPENAPI_PATHS,
+                       **groups_api.OPENAPI_PATHS, **inventory.OPENAPI_PATHS,
                        **charts_api.OPENAPI_PATHS},
     ).install(app)
     grants_service.init_app(app, cfg)
@@ -167,6 +168,9 @@ def create_app(
         tuf_files.bp,
         openapi.bp,
         fleet_versions.bp,
+        groups_api.bp,  # issue 14: dynamic groups
+        inventory.bp,  # issue 14: bulk device actions
+        console.bp,  # issue 14: console pages beside the dashboard
     ):
         app.register_blueprint(blueprint)
     _register_errors(app)

@@ -15,6 +15,7 @@ from update_server.alerts import models as _alert_tables  # noqa: F401
 from update_server.db import Base, init_engine
 from update_server.devices import models as _device_tables  # noqa: F401
 from update_server.grants import models as _grant_tables  # noqa: F401
+from update_server.groups import models as _group_tables  # noqa: F401
 from update_server.operators import models as _operator_tables  # noqa: F401
 from update_server.rollouts import models as _rollout_tables  # noqa: F401
 

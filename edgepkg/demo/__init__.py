@@ -125,7 +125,14 @@ def run_demo(config: DemoConfig) -> DemoReport:
             devices, token=enrollment, root_json=root_json, release_pub=keys.publics["release"]
         )
         device_keys = _fetch_device_keys(server, devices, ws.keys / "devices")
+        for d in devices:  # operator-set names, so the console finds "device-03" by name
+            server.api.call("PATCH", f"/api/v1/devices/{d.device_id}", {"name": d.name})
         _devices.start_daemons(devices, procs, ws.logs)
+        named = {x.get("name") for x in server.devices()}
+        report.check(
+            "every device is named in the console (device-01 ...)",
+            all(d.name in named for d in devices),
+        )
         report.check(
             f"{config.devices} devices enrolled, each with its own key "
             f"({'SoftHSM2 token' if module else 'file key store'})",
@@ -182,6 +189,8 @@ def run_demo(config: DemoConfig) -> DemoReport:
             timeout=config.stage_timeout_s,
         )
         trackers["late device v2"] = late.tracker
+        server.api.call("PATCH", f"/api/v1/devices/{late.device.device_id}",
+                        {"name": late.device.name})
         log(f"      {late.device.name} enrolled after v2 was published; reached v2 through a "
             "key grant (no repackaging)")
         lap("late device")

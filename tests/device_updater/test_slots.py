@@ -460,3 +460,16 @@ def test_power_cut_at_every_step_converges_to_active_plus_previous_good(
             break
         k += 1
     assert k > {"displace": 4, "restore": 6, "drop": 3}[op]  # every step was cut once
+
+
+def test_stale_export_with_a_nested_scratch_dir_is_removed(tmp_path: Path) -> None:
+    """A run killed inside ``exported()`` while ``export_plaintext`` was writing leaves
+    ``.export-<pid>-b/.export-<pid>-xxxx/``; the next run's clean-up removes both levels."""
+    from device_updater.slots import remove_stale_exports
+
+    dead = 2**22 + 12345  # above pid_max's default: no such process
+    nested = tmp_path / f".export-{dead}-b" / f".export-{dead}-abc123"
+    nested.mkdir(parents=True)
+    (nested / "clf.onnx").write_bytes(b"plaintext")
+    remove_stale_exports(tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -13,14 +13,19 @@ from typing import Any
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from update_server.alerts.api import SILENT_INTERVALS
 from update_server.alerts.service import fleet_alerts
+from update_server.dashboard import console_data as cd
+from update_server.dashboard.console_data import device_rollouts
 from update_server.db import get_session
+from update_server.devices.inventory import DeviceFilter, find_devices
 from update_server.devices.models import Device, DeviceModel, Event
 from update_server.errors import Error
 from update_server.operators.auth import current_operator, require_operator
 from update_server.rollouts import service as svc
+from update_server.rollouts.models import Rollout
 from update_server.services import services
 
 bp = Blueprint(
@@ -68,6 +73,13 @@ def _ago(value: dt.datetime | None) -> str:
     return f"{s} s ago"
 
 
+def _with_progress(db: Session, row: Rollout) -> dict[str, Any]:
+    """The rollout's JSON plus its progress against its whole population (the bar)."""
+    r = svc.rollout_json(db, row)
+    r["progress"] = cd.progress(r, cd.population(db, row))
+    return r
+
+
 @bp.get("/")
 @require_operator("viewer")
 def index() -> ResponseReturnValue:
@@ -85,7 +97,7 @@ def index() -> ResponseReturnValue:
         .group_by(DeviceModel.model, DeviceModel.version)
         .order_by(DeviceModel.model, DeviceModel.version)
     ).all()
-    rollouts = [svc.rollout_json(db, r) for r in svc.list_rollouts(db, limit=20)]
+    rollouts = [_with_progress(db, r) for r in svc.list_rollouts(db, limit=20)]
     alerts = fleet_alerts(db, now, poll_interval_s=poll_interval())
     return render_template(
         "dashboard/overview.html",
@@ -106,7 +118,7 @@ def index() -> ResponseReturnValue:
 @require_operator("viewer")
 def rollouts() -> ResponseReturnValue:
     db = get_session()
-    items = [svc.rollout_json(db, r) for r in svc.list_rollouts(db)]
+    items = [_with_progress(db, r) for r in svc.list_rollouts(db)]
     return render_template("dashboard/rollouts.html", **_ctx(rollouts=items))
 
 
@@ -114,8 +126,11 @@ def rollouts() -> ResponseReturnValue:
 @require_operator("viewer")
 def rollout(rollout_id: str) -> ResponseReturnValue:
     db = get_session()
-    r = svc.rollout_json(db, svc.get_rollout(db, rollout_id))
-    return render_template("dashboard/rollout.html", **_ctx(r=r))
+    row = svc.get_rollout(db, rollout_id)
+    r = _with_progress(db, row)
+    return render_template(
+        "dashboard/rollout.html", **_ctx(r=r, devices=cd.rollout_devices(db, row))
+    )
 
 
 @bp.post("/rollouts/<rollout_id>/<action>")
@@ -145,19 +160,22 @@ def rollout_action(rollout_id: str, action: str) -> ResponseReturnValue:
 @require_operator("viewer")
 def devices() -> ResponseReturnValue:
     db = get_session()
-    q = select(Device).order_by(Device.last_seen.desc().nulls_last(), Device.id)
-    tag = request.args.get("tag")
-    rows = list(db.scalars(q.limit(5000)))
-    if tag:
-        rows = [d for d in rows if tag in (d.tags or [])]
     after = _online_after(now_())
+    try:
+        f = DeviceFilter.from_args(request.args)
+        rows = find_devices(db, f, online_after=after, limit=5000)
+        error = None
+    except Error as exc:  # a bad filter is a message on the page, not an error page
+        f, rows, error = DeviceFilter(), [], exc.message
     return render_template(
         "dashboard/devices.html",
         **_ctx(
             devices=rows[:PAGE],
             shown=min(len(rows), PAGE),
             matched=len(rows),
-            tag=tag,
+            f=f,
+            tag=f.tag,
+            filter_error=error,
             online_after=after,
         ),
     )
@@ -178,7 +196,10 @@ def device(device_id: str) -> ResponseReturnValue:
     return render_template(
         "dashboard/device.html",
         **_ctx(
-            d=d, events=events, online=bool(d.last_seen and d.last_seen >= _online_after(now_()))
+            d=d,
+            events=events,
+            online=bool(d.last_seen and d.last_seen >= _online_after(now_())),
+            rollouts=device_rollouts(db, d.id),
         ),
     )
 

@@ -176,6 +176,7 @@ def checkin(device_id: str) -> ResponseReturnValue:
     }
     if facts is not None:
         values["facts"] = facts
+        device.facts = facts  # this check-in's assignments see the facts it just reported
     conn = db.connection()
     # One UPDATE of the device row (Core: no ORM load, no unit-of-work flush).
     conn.execute(_UPDATE_DEVICE, {"_id": device.id, **values})

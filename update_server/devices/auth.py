@@ -74,6 +74,8 @@ class DeviceRecord:
     tags: list[str]
     models: dict[str, tuple[str | None, str | None, str | None]]
     last_checkin: dict[str, Any] | None = None
+    # The device's reported facts: dynamic groups (rollout "group" targets) select on them.
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -96,6 +98,7 @@ _SELECT_DEVICE = (
         _devices.c.public_key_pem,
         _devices.c.status,
         _devices.c.tags,
+        _devices.c.facts,
         _device_models.c.model,
         _device_models.c.version,
         _device_models.c.sha256,
@@ -122,9 +125,12 @@ def load_device(conn: Connection, device_id: str) -> tuple[str, DeviceRecord] | 
     rows = conn.execute(_SELECT_DEVICE, {"device_id": device_id}).all()
     if not rows:
         return None
-    pem, status, tags = rows[0][0], rows[0][1], rows[0][2]
-    models = {r[3]: (r[4], r[5], r[6]) for r in rows if r[3] is not None}
-    return pem, DeviceRecord(id=device_id, status=status, tags=list(tags or ()), models=models)
+    pem, status, tags, facts = rows[0][0], rows[0][1], rows[0][2], rows[0][3]
+    models = {r[4]: (r[5], r[6], r[7]) for r in rows if r[4] is not None}
+    return pem, DeviceRecord(
+        id=device_id, status=status, tags=list(tags or ()), models=models,
+        facts=dict(facts) if isinstance(facts, dict) else {},
+    )
 
 
 def authenticate_device(

@@ -40,6 +40,9 @@ class Device(Base):
     __tablename__ = "devices"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Operator-set (issue 14): a findable name ("device-03", unique when set) and free notes.
+    name: Mapped[str | None] = mapped_column(String(100), default=None, unique=True)
+    notes: Mapped[str | None] = mapped_column(Text, default=None)
     public_key_pem: Mapped[str] = mapped_column(Text)
     tags: Mapped[list[str]] = mapped_column(default=list)
     facts: Mapped[dict[str, Any]] = mapped_column(default=dict)

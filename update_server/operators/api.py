@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from edgepkg.protocol import parse_time
 from update_server import _validate as v
 from update_server.db import get_session, utcnow
+from update_server.devices.inventory import DeviceFilter, find_devices, online_after
 from update_server.devices.models import (
     DEVICE_DISABLED,
     DEVICE_ENABLED,
     Device,
-    DeviceModel,
     Event,
 )
-from update_server.errors import BadRequestError, NotFoundError
+from update_server.errors import BadRequestError, ConflictError, NotFoundError
 from update_server.operators.auth import create_enrollment_token, current_operator, require_operator
 from update_server.operators.models import EnrollmentToken
 from update_server.services import services
@@ -27,11 +29,13 @@ from update_server.services import services
 bp = Blueprint("operator_api", __name__, url_prefix="/api/v1")
 
 MAX_PAGE = 500
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def device_json(d: Device, *, detail: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "device_id": d.id,
+        "name": d.name,
         "status": d.status,
         "tags": list(d.tags or []),
         "created_at": d.created_at.isoformat(),
@@ -40,6 +44,7 @@ def device_json(d: Device, *, detail: bool = False) -> dict[str, Any]:
         "models": {m.model: m.version for m in d.models},
     }
     if detail:
+        out["notes"] = d.notes
         out["facts"] = d.facts or {}
         out["last_checkin"] = d.last_checkin
         out["last_error"] = d.last_error
@@ -79,23 +84,12 @@ def _get_device(device_id: str) -> Device:
 def list_devices() -> ResponseReturnValue:
     db = get_session()
     limit, offset = _page_args()
-    q = select(Device)
-    status = request.args.get("status")
-    if status is not None:
-        if status not in (DEVICE_ENABLED, DEVICE_DISABLED):
-            raise BadRequestError("status must be 'enabled' or 'disabled'")
-        q = q.where(Device.status == status)
-    model = request.args.get("model")
-    if model is not None:
-        sub = select(DeviceModel.device_id).where(DeviceModel.model == model)
-        version = request.args.get("version")
-        if version is not None:
-            sub = sub.where(DeviceModel.version == version)
-        q = q.where(Device.id.in_(sub))
-    tag = request.args.get("tag")
-    devices = list(db.scalars(q.order_by(Device.created_at, Device.id)))
-    if tag is not None:  # tags are JSON lists; filter portably in Python
-        devices = [d for d in devices if tag in (d.tags or [])]
+    # The one filter of the inventory (also the dashboard's): q, tag, fact, model, version,
+    # status, seen, selector. Listed in creation order, as before.
+    found = find_devices(
+        db, DeviceFilter.from_args(request.args), online_after=online_after(services().now())
+    )
+    devices = sorted(found, key=lambda d: (d.created_at, d.id))
     total = len(devices)
     page = devices[offset : offset + limit]
     return jsonify(total=total, devices=[device_json(d) for d in page])
@@ -113,7 +107,7 @@ def patch_device(device_id: str) -> ResponseReturnValue:
     db = get_session()
     device = _get_device(device_id)
     body = v.json_body(request)
-    unknown = set(body) - {"tags", "add_tags", "remove_tags", "status"}
+    unknown = set(body) - {"tags", "add_tags", "remove_tags", "status", "name", "notes"}
     if unknown:
         raise BadRequestError(f"unknown fields: {', '.join(sorted(unknown))}")
     tags = list(device.tags or [])
@@ -132,8 +126,32 @@ def patch_device(device_id: str) -> ResponseReturnValue:
         if status not in (DEVICE_ENABLED, DEVICE_DISABLED):
             raise BadRequestError("status must be 'enabled' or 'disabled'")
         device.status = status
+    if "name" in body:
+        device.name = _device_name(db, device, body["name"])
+    if "notes" in body:
+        notes = body["notes"]
+        if notes is not None and (not isinstance(notes, str) or len(notes) > 4000):
+            raise BadRequestError(
+                "notes must be a string of at most 4000 characters", field="notes"
+            )
+        device.notes = (notes.strip() or None) if notes is not None else None
     db.commit()
     return jsonify(device_json(device, detail=True))
+
+
+def _device_name(db: Session, device: Device, name: Any) -> str | None:
+    """A unique operator-set name (None clears it); a clear error when another device has it."""
+    if name is None or name == "":
+        return None
+    if not isinstance(name, str) or not DEVICE_NAME_RE.match(name):
+        raise BadRequestError(
+            "name must be 1-100 letters, digits, '_', '.', '-' (starting with a letter or digit)",
+            field="name",
+        )
+    other = db.scalar(select(Device.id).where(Device.name == name, Device.id != device.id))
+    if other is not None:
+        raise ConflictError(f"device {other[:16]} is already named {name!r}", code="name_taken")
+    return name
 
 
 @bp.delete("/devices/<device_id>")

@@ -211,6 +211,11 @@ ROLLOUT_SCHEMA: dict[str, Any] = {
         },
         "min_devices": {"type": "integer", "minimum": 1, "default": 3},
         "on_failure": {"type": "string", "enum": ["pause", "abort"], "default": "pause"},
+        "group": {
+            "type": "string",
+            "description": "a saved dynamic group (POST /api/v1/groups); resolved at every "
+            "evaluation, so devices that join the group later join the rollout",
+        },
     },
 }
 _ROLLOUT_OUT = {"type": "object", "description": "a rollout with its state and per-stage counts"}

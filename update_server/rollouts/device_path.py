@@ -21,6 +21,7 @@ from edgepkg.protocol import Assignment
 from update_server.alerts.service import observe_health
 from update_server.db import flush_pending
 from update_server.devices.auth import DeviceLike
+from update_server.groups.service import selector_admits
 from update_server.rollouts import engine as eng
 from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.rollouts.service import (
@@ -83,6 +84,8 @@ def assignments_for_device(
     observe_health(session, device, now)
     flush_pending(session)
     tags = tuple(device.tags or ())
+    facts = getattr(device, "facts", None) or {}
+    groups: dict[str, Any] = {}
     conn = session.connection()
     # Core rows (attribute access like the ORM object; spec_of/state_of accept them): a running
     # rollout is read on every check-in of every device it selects. The ORM object is loaded
@@ -90,7 +93,7 @@ def assignments_for_device(
     running = [
         r
         for r in conn.execute(_SELECT_RUNNING)
-        if eng.Selector(frozenset((r.selector or {}).get("tags", []))).matches(tags)
+        if selector_admits(session, r.selector, tags, facts, groups)
     ]
     if not running:
         return []
@@ -191,8 +194,10 @@ def on_device_events(
         if row is None:
             state = state_of(r)
             h = eng.stage_of(device.id, rid)
-            selector = eng.Selector(frozenset((r.selector or {}).get("tags", [])))
-            if not selector.matches(getattr(device, "tags", None) or []):
+            if not selector_admits(
+                session, r.selector, getattr(device, "tags", None) or [],
+                getattr(device, "facts", None) or {},
+            ):
                 continue  # outside the selector: its outcomes must not move this rollout
             if not eng.in_stage(device.id, rid, state.cutoff):
                 continue  # not admitted: the device cannot report for this rollout

@@ -72,16 +72,23 @@ class Stage:
 @dataclass(frozen=True)
 class Selector:
     tags: frozenset[str] = frozenset()
+    # A dynamic group's name: its selector over tags and facts is looked up when the rollout is
+    # evaluated (update_server.groups), so this pure check covers the tags only.
+    group: str | None = None
 
     def matches(self, device_tags: Iterable[str]) -> bool:
         return self.tags.issubset(set(device_tags))
 
     def key(self) -> str:
         """A canonical string: two selectors conflict when their keys are equal."""
-        return ",".join(sorted(self.tags))
+        tags = ",".join(sorted(self.tags))
+        return f"{tags};group={self.group}" if self.group else tags
 
     def to_json(self) -> dict[str, Any]:
-        return {"tags": sorted(self.tags)}
+        out: dict[str, Any] = {"tags": sorted(self.tags)}
+        if self.group:
+            out["group"] = self.group
+        return out
 
 
 @dataclass(frozen=True)

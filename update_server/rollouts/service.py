@@ -24,6 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from edgepkg.protocol import InvalidVersionError, Version, version_key
 from update_server.devices.models import Device, DeviceModel
 from update_server.errors import ConflictError, NotFoundError
+from update_server.groups.service import group_node, selector_admits
 from update_server.rollouts import engine as eng
 from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.rollouts.spec import parse_spec
@@ -40,7 +41,7 @@ def spec_of(r: Rollout) -> eng.RolloutSpec:
         rollout_id=r.id,
         model=r.model,
         version=r.version,
-        selector=eng.Selector(frozenset(r.selector.get("tags", []))),
+        selector=eng.Selector(frozenset(r.selector.get("tags", [])), r.selector.get("group")),
         stages=tuple(eng.Stage(float(s["percent"]), int(s["min_soak_seconds"])) for s in r.stages),
         success_share=r.success_share,
         failure_share=r.failure_share,
@@ -116,10 +117,12 @@ def candidate_ids(session: Session, spec: eng.RolloutSpec) -> list[str]:
     """Enabled devices the selector matches that still need the rollout's version."""
     versions = _versions(session, spec.model)
     out = []
-    for dev_id, tags in session.execute(
-        select(Device.id, Device.tags).where(Device.status == "enabled")
+    sj = spec.selector.to_json()
+    cache: dict[str, Any] = {}
+    for dev_id, tags, facts in session.execute(
+        select(Device.id, Device.tags, Device.facts).where(Device.status == "enabled")
     ):
-        if not spec.selector.matches(tags or []):
+        if not selector_admits(session, sj, tags or [], facts, cache):
             continue
         current = versions.get(dev_id)
         if spec.from_version is not None:
@@ -174,6 +177,11 @@ def create_rollout(
 ) -> Rollout:
     """Validate and start a rollout. 409 when one is already active for the model + selector."""
     spec = parse_spec(_new_id(), body)
+    if spec.selector.group is not None and group_node(session, spec.selector.group) is None:
+        raise NotFoundError(
+            f"no group {spec.selector.group!r}: save it first (POST /api/v1/groups)",
+            code="unknown_group",
+        )
     if full_target(releases, spec.model, spec.version) is None:
         raise NotFoundError(
             f"{spec.model} {spec.version} is not a current release in the TUF repository",

@@ -17,6 +17,7 @@ from update_server.rollouts.engine import RolloutSpec, RolloutSpecError, Selecto
 MAX_STAGES = 20
 MAX_TAGS = 32
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/=-]{0,99}$")
+_GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
 
@@ -91,6 +92,7 @@ def parse_spec(rollout_id: str, obj: Any) -> RolloutSpec:
         "failure_share",
         "min_devices",
         "on_failure",
+        "group",
     }
     unknown = set(obj) - allowed
     if unknown:
@@ -117,11 +119,17 @@ def parse_spec(rollout_id: str, obj: Any) -> RolloutSpec:
     failure_share = _num(obj, "failure_share", 0.2, 0, 1)
     if failure_share <= 0:
         raise RolloutSpecError("failure_share must be above 0")
+    selector = parse_selector(obj.get("selector"))
+    group = obj.get("group")
+    if group is not None:
+        if not isinstance(group, str) or not _GROUP_RE.match(group):
+            raise RolloutSpecError("group must be the name of a saved group")
+        selector = Selector(selector.tags, group)
     return RolloutSpec(
         rollout_id=rollout_id,
         model=model,
         version=version,
-        selector=parse_selector(obj.get("selector")),
+        selector=selector,
         stages=parse_stages(obj.get("stages")),
         success_share=_num(obj, "success_share", 0.95, 0, 1),
         failure_share=failure_share,

@@ -177,3 +177,24 @@ class ReleaseCache:
                 return []
             self._releases, self._stamp = releases, stamp
             return releases
+
+
+# --- console (issue 14): revocations shown on the release pages ------------------------------
+
+REVOKED_FIELD = "x-edgepkg-revoked"
+"""The signed targets field where ``edgepkg revoke`` lists revoked releases."""
+
+
+def revoked_releases(repo_dir: str | os.PathLike[str] | None) -> list[dict[str, Any]]:
+    """The revoked releases listed in the current targets metadata (name, version, revoked_at,
+    reason); empty when there is no repository or it cannot be read (the page says none)."""
+    if repo_dir is None:
+        return []
+    path = _current_targets_file(Path(repo_dir) / "metadata")
+    if path is None:
+        return []
+    try:
+        raw = _load_json(path).get(REVOKED_FIELD, [])
+    except (OSError, ValueError):
+        return []
+    return [e for e in raw if isinstance(e, dict)] if isinstance(raw, list) else []
