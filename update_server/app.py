@@ -18,7 +18,7 @@ from update_server import metrics, openapi, web_hygiene
 from update_server.access import require_credentials
 from update_server.alerts import api as alerts_api
 from update_server.config import ServerConfig, load_config
-from update_server.dashboard import charts_api, charts_views, console
+from update_server.dashboard import charts_api, console
 from update_server.dashboard import views as dashboard
 from update_server.db import Database, utcnow
 from update_server.devices import api as devices_api
@@ -164,7 +164,6 @@ def create_app(
         grants_api.bp,
         dashboard.bp,
         charts_api.bp,
-        charts_views.bp,
         tuf_files.bp,
         openapi.bp,
         fleet_versions.bp,
