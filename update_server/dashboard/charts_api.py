@@ -6,7 +6,8 @@ down); ``GET /api/v1/charts/devices/<id>``: one series per model on that device;
 ``GET /api/v1/charts/rollouts/<id>``: the rollout's canary (devices of its selector on its
 version) against its control (same selector, still on another version). ``hours`` (1..720,
 default 24) sets the window, ``bucket`` (seconds) the resolution. :data:`OPENAPI_PATHS`
-documents the routes for ``/api/openapi.json``.
+documents the routes for ``/api/openapi.json``. The dashboard serves the same views under
+``/dashboard/series/...`` (session cookie instead of bearer token; see ``views.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ from update_server.rollouts import service as svc
 from update_server.services import services
 
 bp = Blueprint("charts_api", __name__, url_prefix="/api/v1/charts")
+
+RULES = {
+    "fleet": "/api/v1/charts/fleet",
+    "cohort": "/api/v1/charts/cohort",
+    "device": "/api/v1/charts/devices/<device_id>",
+    "rollout": "/api/v1/charts/rollouts/<rollout_id>",
+}
+"""The API routes; the dashboard serves the same views under ``/dashboard/series/...`` for its
+session-authenticated chart script."""
 
 MAX_HOURS = 720
 MAX_COHORTS = 50
@@ -157,7 +167,7 @@ _WINDOW = [
 def _get(summary: str, params: list[dict[str, Any]], codes: tuple[str, ...]) -> dict[str, Any]:
     return {"get": {"summary": summary, "security": _SEC, "x-required-role": "viewer",
                     "parameters": params + _WINDOW,
-                    "responses": {"200": _OBJ, **{c: _ERR for c in codes}}}}
+                    "responses": {"200": _OBJ, **dict.fromkeys(codes, _ERR)}}}
 
 
 def _path(name: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from update_server.alerts.api import SILENT_INTERVALS
 from update_server.alerts.service import fleet_alerts
+from update_server.dashboard import charts_api
 from update_server.dashboard import console_data as cd
 from update_server.dashboard.console_data import device_rollouts
 from update_server.db import get_session
@@ -229,3 +230,10 @@ def telemetry_cohort() -> ResponseReturnValue:
         raise BadRequestError("model and version are required", code="bad_query")
     return render_template("dashboard/cohort.html", **_ctx(
         model=model, version=version, tag=request.args.get("tag") or "*"))
+
+
+# The chart script reads the same series as the bearer-token API, through the dashboard's
+# session (``/api/`` paths accept no cookies, by design): same views, same viewer role.
+for _name in ("fleet", "cohort", "device", "rollout"):
+    _rule = charts_api.RULES[_name].replace("/api/v1/charts", "/series")
+    bp.add_url_rule(_rule, f"series_{_name}", getattr(charts_api, _name))
