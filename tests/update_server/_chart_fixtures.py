@@ -48,7 +48,10 @@ def ensure_tables(s: Session) -> None:
 def add_interval(s: Session, device_id: str, seq: int, end: dt.datetime, version: str, *,
                  p95: float, psi: float, temp: float, errors: int = 0,
                  confidence: float = 0.9) -> None:
-    start, end = (end - STEP).replace(tzinfo=None), end.replace(tzinfo=None)
+    # naive UTC in SQLAlchemy's SQLite layout (PostgreSQL casts the same text): what the
+    # room's UTCDateTime columns store
+    start, end = ((t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f"))
+                  for t in (end - STEP, end))
     s.execute(text(
         "INSERT INTO telemetry_reports (device_id, seq, interval_start, interval_end, "
         "received_at, dropped_intervals, cpu_temp_c) VALUES (:d, :q, :s, :e, :e, 0, :t)"),

@@ -5,8 +5,9 @@ The tables belong to the telemetry room (``update_server/telemetry/models.py``, 
 0005). This module names only the columns it reads, through lightweight SQLAlchemy Core
 references, so the charts do not own or redefine the schema; queries go through the room's
 indexes: ``(device_id, interval_end)`` for one device, ``(model, version, interval_end)`` for a
-cohort. Drift is the PSI the device computed against its reference profile (JS where PSI is
-missing, the same choice the rollout field gate makes).
+cohort. Time columns are typed as the room's ``UTCDateTime`` so binds and results match
+what its models store on SQLite and PostgreSQL alike. Drift is the PSI the device computed
+against its reference profile (JS where PSI is missing, as the rollout field gate does).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from update_server.dashboard.series import Point
+from update_server.db import UTCDateTime
 from update_server.devices.models import Device
 
 MAX_ROWS = 200_000
@@ -27,13 +29,15 @@ MAX_ROWS = 200_000
 _TI = table(
     "telemetry_intervals",
     column("device_id"), column("seq"), column("model"), column("version"),
-    column("interval_end"), column("inferences"), column("errors"), column("latency_p95_ms"),
+    column("interval_end", UTCDateTime()), column("inferences"), column("errors"),
+    column("latency_p95_ms"),
     column("psi"), column("js"), column("confidence_mean"), column("feedback_labelled"),
     column("feedback_correct"),
 )
 _TR = table(
     "telemetry_reports",
-    column("device_id"), column("seq"), column("interval_start"), column("cpu_temp_c"),
+    column("device_id"), column("seq"), column("interval_start", UTCDateTime()),
+    column("cpu_temp_c"),
     column("gpu_temp_c"),
 )
 
@@ -63,10 +67,9 @@ def _points(session: Session, q: Select[tuple[object, ...]]) -> list[Point]:
     return out
 
 
-def _naive(t: dt.datetime | str) -> dt.datetime:
-    # SQLite hands back strings for columns it only knows by name; the server stores naive UTC.
-    value = dt.datetime.fromisoformat(t) if isinstance(t, str) else t
-    return value.replace(tzinfo=None) if value.tzinfo else value
+def _naive(t: dt.datetime) -> dt.datetime:
+    # Typed as the room's UTCDateTime (aware UTC on every backend); series work in naive UTC.
+    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
 
 
 def fleet_points(session: Session, since: dt.datetime, model: str | None = None) -> list[Point]:
