@@ -188,7 +188,7 @@ OPENAPI_PATHS: dict[str, Any] = {
     ),
     "/api/v1/charts/devices/{device_id}": _get(
         "Field telemetry series of one device, per model", [_path("device_id")],
-        ("400", "401", "403"),
+        ("400", "401", "403", "404"),
     ),
     "/api/v1/charts/rollouts/{rollout_id}": _get(
         "Canary vs control field telemetry of a rollout", [_path("rollout_id")],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection
 
-from sqlalchemy import and_, column, select, table
+from sqlalchemy import and_, column, inspect, select, table
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
@@ -52,6 +52,10 @@ def _select() -> Select[tuple[object, ...]]:
 
 
 def _points(session: Session, q: Select[tuple[object, ...]]) -> list[Point]:
+    # A server whose schema has no telemetry room yet (or a database not yet migrated to it)
+    # has no field data: empty charts, not a 500. One catalogue lookup per chart request.
+    if not inspect(session.connection()).has_table("telemetry_intervals"):
+        return []
     rows = session.execute(q.order_by(_TI.c.interval_end.desc()).limit(MAX_ROWS)).all()
     out = []
     for r in reversed(rows):
