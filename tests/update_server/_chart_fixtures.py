@@ -50,18 +50,18 @@ def add_interval(s: Session, device_id: str, seq: int, end: dt.datetime, version
                  confidence: float = 0.9) -> None:
     # naive UTC in SQLAlchemy's SQLite layout (PostgreSQL casts the same text): what the
     # room's UTCDateTime columns store
-    start, end = ((t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f"))
-                  for t in (end - STEP, end))
+    start_s, end_s = (t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                      for t in (end - STEP, end))
     s.execute(text(
         "INSERT INTO telemetry_reports (device_id, seq, interval_start, interval_end, "
         "received_at, dropped_intervals, cpu_temp_c) VALUES (:d, :q, :s, :e, :e, 0, :t)"),
-        {"d": device_id, "q": seq, "s": start, "e": end, "t": temp})
+        {"d": device_id, "q": seq, "s": start_s, "e": end_s, "t": temp})
     s.execute(text(
         "INSERT INTO telemetry_intervals (device_id, seq, model, version, interval_end, "
         "inferences, errors, latency_p95_ms, feedback_labelled, feedback_correct, "
         "confidence_mean, psi, summaries) VALUES (:d, :q, 'det', :v, :e, 600, :err, :p, 20, "
         ":ok, :c, :psi, :sum)"),
-        {"d": device_id, "q": seq, "v": version, "e": end, "err": errors, "p": p95,
+        {"d": device_id, "q": seq, "v": version, "e": end_s, "err": errors, "p": p95,
          "ok": 18, "c": confidence, "psi": psi, "sum": json.dumps({})})
 
 
