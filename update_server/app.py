@@ -21,7 +21,7 @@ from update_server.approvals import api as approvals_api
 from update_server.audit import api as audit_api
 from update_server.audit import views as _audit_pages  # noqa: F401 (adds dashboard pages)
 from update_server.config import ServerConfig, load_config
-from update_server.dashboard import console
+from update_server.dashboard import charts_api, console
 from update_server.dashboard import views as dashboard
 from update_server.db import Database, utcnow
 from update_server.devices import api as devices_api
@@ -153,7 +153,8 @@ def create_app(
                        **groups_api.OPENAPI_PATHS, **inventory.OPENAPI_PATHS,
                        **audit_api.OPENAPI_PATHS, **approvals_api.OPENAPI_PATHS,
                        **accounts_api.OPENAPI_PATHS,
-                       **telemetry_api.OPENAPI_PATHS, **webhooks_api.OPENAPI_PATHS},
+                       **telemetry_api.OPENAPI_PATHS, **webhooks_api.OPENAPI_PATHS,
+                       **charts_api.OPENAPI_PATHS},
     ).install(app)
     grants_service.init_app(app, cfg)
     metrics.init_app(app)
@@ -175,6 +176,7 @@ def create_app(
         alerts_api.bp,
         grants_api.bp,
         dashboard.bp,
+        charts_api.bp,
         tuf_files.bp,
         openapi.bp,
         fleet_versions.bp,

@@ -1,7 +1,10 @@
 """Server-rendered operator dashboard (Jinja, behind the operator login).
 
 Pages: fleet overview, rollouts (stage, progress, failures, pause reason, pause/resume/abort
-buttons), one rollout, devices, one device (event history), alerts. State-changing forms carry
+buttons), one rollout, devices, one device (event history), alerts, field telemetry (fleet and
+one cohort). Chart pages carry no data: the static ``charts.js`` fetches the series from
+:mod:`update_server.dashboard.charts_api` (same origin: the CSP stays ``script-src 'self'``)
+and draws them with the vendored uPlot. State-changing forms carry
 the flask-wtf CSRF token; buttons need the ``release`` role. No external assets.
 """
 
@@ -18,12 +21,13 @@ from sqlalchemy.orm import Session
 from update_server.alerts.api import SILENT_INTERVALS
 from update_server.alerts.service import fleet_alerts
 from update_server.audit.web import record_request
+from update_server.dashboard import charts_api
 from update_server.dashboard import console_data as cd
 from update_server.dashboard.console_data import device_rollouts
 from update_server.db import get_session
 from update_server.devices.inventory import DeviceFilter, find_devices
 from update_server.devices.models import Device, DeviceModel, Event
-from update_server.errors import Error
+from update_server.errors import BadRequestError, Error
 from update_server.operators.auth import current_operator, require_operator
 from update_server.rollouts import service as svc
 from update_server.rollouts.models import Rollout
@@ -212,3 +216,26 @@ def alerts() -> ResponseReturnValue:
     db = get_session()
     items = fleet_alerts(db, now_(), poll_interval_s=poll_interval())
     return render_template("dashboard/alerts.html", **_ctx(alerts=items))
+
+
+@bp.get("/telemetry/")
+@require_operator("viewer")
+def telemetry() -> ResponseReturnValue:
+    return render_template("dashboard/telemetry.html", **_ctx())
+
+
+@bp.get("/telemetry/cohort")
+@require_operator("viewer")
+def telemetry_cohort() -> ResponseReturnValue:
+    model, version = request.args.get("model"), request.args.get("version")
+    if not model or not version:
+        raise BadRequestError("model and version are required", code="bad_query")
+    return render_template("dashboard/cohort.html", **_ctx(
+        model=model, version=version, tag=request.args.get("tag") or "*"))
+
+
+# The chart script reads the same series as the bearer-token API, through the dashboard's
+# session (``/api/`` paths accept no cookies, by design): same views, same viewer role.
+for _name in ("fleet", "cohort", "device", "rollout"):
+    _rule = charts_api.RULES[_name].replace("/api/v1/charts", "/series")
+    bp.add_url_rule(_rule, f"series_{_name}", getattr(charts_api, _name))
