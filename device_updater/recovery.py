@@ -297,8 +297,8 @@ def _rollback_action(s: UpdateState, slots: SlotsView, now: float, reason: str) 
 
 
 class RecoveryStore(Protocol):
-    """What :func:`run_recovery` needs of the state file (:class:`~device_updater.state.StateStore`
-    in production)."""
+    """What :func:`run_recovery` needs of the state file
+    (:class:`~device_updater.state_store.StateStore` in production)."""
 
     def load(self) -> UpdateState: ...
 

@@ -17,7 +17,7 @@ from device_updater.events import EventQueue
 from device_updater.layout import Layout
 from device_updater.pcr_binding import read_sealed_state
 from device_updater.slots import SlotStore
-from device_updater.state import StateStore
+from device_updater.state_store import StateStore
 
 
 class _NoSealer:

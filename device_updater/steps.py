@@ -43,7 +43,6 @@ from device_updater.state import (
     Phase,
     Reject,
     RollBack,
-    StateStore,
     Switched,
     TrialProgress,
     UpdateState,
@@ -52,6 +51,7 @@ from device_updater.state import (
     WindowOpened,
     transition,
 )
+from device_updater.state_store import StateStore
 from device_updater.telemetry.reference import record_after_validation
 from device_updater.trial import (
     HealthLog,

@@ -14,10 +14,10 @@ from device_updater.state import (
     Phase,
     Reject,
     RollBack,
-    StateStore,
     UpdateState,
     transition,
 )
+from device_updater.state_store import StateStore
 from tests.device_updater.test_state import NOW, V1, V2, view, walk
 
 # --- recovery --------------------------------------------------------------------------------

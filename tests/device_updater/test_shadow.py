@@ -19,12 +19,12 @@ from device_updater.state import (
     Reject,
     ShadowPassed,
     ShadowProgress,
-    StateStore,
     Switched,
     UpdateState,
     Validated,
     transition,
 )
+from device_updater.state_store import StateStore
 from device_updater.validation.metrics import ScoringError
 from edgepkg.policy import Policy, PolicySchemaError, ShadowRule, parse_policy
 from tests.device_updater.test_state import NOW, V1, V2, view, walk

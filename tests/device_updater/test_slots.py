@@ -28,13 +28,13 @@ from device_updater.state import (
     Installed,
     Reject,
     Start,
-    StateStore,
     Switched,
     UpdateState,
     Validated,
     Verified,
     transition,
 )
+from device_updater.state_store import StateStore
 from edgepkg.keys._software import FileRecipientKey
 
 

@@ -22,13 +22,13 @@ from device_updater.state import (
     Retry,
     RollBack,
     Start,
-    StateStore,
     Switched,
     UpdateState,
     Validated,
     Verified,
     transition,
 )
+from device_updater.state_store import StateStore
 
 NOW = 1_800_000_000.0
 V1 = ModelSummary(name="cam", version="1.0.0", sha256="1" * 64, length=10, format="onnx")

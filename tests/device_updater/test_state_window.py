@@ -17,13 +17,13 @@ from device_updater.state import (
     Reject,
     ShadowPassed,
     Start,
-    StateStore,
     UpdateState,
     Validated,
     Verified,
     WindowOpened,
     transition,
 )
+from device_updater.state_store import StateStore
 from tests.device_updater.test_state import V1, V2, view
 
 WINDOW = {"cron": "0 2 * * *", "duration": "2h", "tz": "UTC"}

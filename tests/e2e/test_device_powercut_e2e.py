@@ -47,7 +47,8 @@ from device_updater.enrollment import enroll_device
 from device_updater.keystore import Pkcs11Keystore, load_release_key_pem
 from device_updater.layout import Layout
 from device_updater.slots import BundleSealer, SlotStore
-from device_updater.state import Phase, StateStore, UpdateState
+from device_updater.state import Phase, UpdateState
+from device_updater.state_store import StateStore
 from device_updater.trial import HealthLog, HealthReport
 from edgepkg import keys as ekeys
 from edgepkg import repo as erepo

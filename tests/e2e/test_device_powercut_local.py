@@ -49,13 +49,13 @@ from device_updater.state import (  # noqa: E402 (after the sys.path set-up abov
     Reject,
     RollBack,
     Start,
-    StateStore,
     Switched,
     UpdateState,
     Validated,
     Verified,
     transition,
 )
+from device_updater.state_store import StateStore  # noqa: E402 (after the sys.path set-up above)
 from edgepkg.keys._software import FileRecipientKey  # noqa: E402 (after the sys.path set-up above)
 
 MODEL_BYTES = 1 << 20
