@@ -100,7 +100,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "200": {"description": "accepted", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"accepted": {"type": "boolean"},
                                                      "duplicate": {"type": "boolean"}}}}}},
-                "400": _ERR, "401": _ERR, "403": _ERR, "413": _ERR,
+                "400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR, "413": _ERR,
                 "429": _ERR,
             },
         }
