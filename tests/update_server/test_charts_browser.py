@@ -55,7 +55,7 @@ def _charts_drawn(driver: Any, panel_id: str) -> dict[str, int]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 20).until(
+    WebDriverWait(driver, 60).until(  # generous: slow shared CI machines
         lambda d: d.find_element(By.ID, panel_id).get_attribute("data-rendered"))
     panel = driver.find_element(By.ID, panel_id)
     assert panel.get_attribute("data-rendered") == "yes", panel.text
