@@ -167,8 +167,7 @@ def _baseline(url: str, zst: Path, work: Path) -> dict[str, float]:
 def _setup(work: Path, size: int) -> None:
     """Keys, a TUF repository with v1 (full) and v2 (full + delta from v1), a device key."""
     from device_updater.keystore import FileKeystore
-    from edgepkg import keys as ekeys
-    from edgepkg import repo as erepo
+    from edgepkg import keys as ekeys, repo as erepo
     from edgepkg.bundle import write_bundle
 
     kd = work / "keys"

@@ -58,8 +58,7 @@ def _lineage(size: int) -> list[bytes]:
 
 def _publish_all(work: Path, size: int) -> tuple[int, dict[str, int], float]:
     """Publish 1.0.0..5.0.0, then 6.0.0 with a delta from each; (full B, {base: delta B}, s)."""
-    from edgepkg import keys as ekeys
-    from edgepkg import repo as erepo
+    from edgepkg import keys as ekeys, repo as erepo
     from edgepkg.bundle import write_bundle
     from edgepkg.repo import FleetVersions
 

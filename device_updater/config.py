@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from device_updater.errors import ConfigError
-from device_updater.telemetry.settings import KEYS as TELEMETRY_KEYS
-from device_updater.telemetry.settings import TelemetryConfig, parse_telemetry
+from device_updater.telemetry.settings import (
+    KEYS as TELEMETRY_KEYS,
+    TelemetryConfig,
+    parse_telemetry,
+)
 
 MAX_CONFIG_BYTES = 256 * 1024
 

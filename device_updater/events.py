@@ -34,8 +34,7 @@ from device_updater._fsutil import (
     remove_durably,
 )
 from device_updater.errors import EventQueueError
-from edgepkg.protocol import EVENT_TYPES as _PROTOCOL_EVENT_TYPES
-from edgepkg.protocol import MAX_EVENT_BYTES
+from edgepkg.protocol import EVENT_TYPES as _PROTOCOL_EVENT_TYPES, MAX_EVENT_BYTES
 
 log = logging.getLogger(__name__)
 

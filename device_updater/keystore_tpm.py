@@ -53,8 +53,7 @@ from device_updater.keystore import (
     TrustAnchors,
 )
 from device_updater.pcr_binding import PcrSlotKey
-from edgepkg import crypto
-from edgepkg import keys as ekeys
+from edgepkg import crypto, keys as ekeys
 from edgepkg._atomic import atomic_write_bytes
 from edgepkg.crypto import EllipticCurvePublicKey, public_key_id
 from edgepkg.errors import Error as EdgepkgError

@@ -38,13 +38,16 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from device_updater import _displaced
+from device_updater._exports import (  # re-exported: the agent cleans up at start-up
+    _remove_tree,
+    remove_stale_exports as remove_stale_exports,
+)
 from device_updater._fsutil import (
     atomic_write_bytes,
     file_lock,
@@ -52,8 +55,7 @@ from device_updater._fsutil import (
     read_limited,
     remove_durably,
 )
-from device_updater._slot_writer import META_SCHEMA as _META_SCHEMA
-from device_updater._slot_writer import SlotWriter
+from device_updater._slot_writer import META_SCHEMA as _META_SCHEMA, SlotWriter
 from device_updater.errors import (
     IncompleteSlotError,
     NoActiveSlotError,
@@ -481,26 +483,3 @@ def export_path(info: SlotInfo, runtime_dir: Path) -> Path:
     return Path(runtime_dir) / f"{info.model}{_EXT.get(info.format, '.bin')}"
 
 
-def _remove_tree(sub: Path) -> None:
-    # Recursive: an export killed mid-way leaves its own scratch dir inside ``sub``.
-    if sub.is_dir():
-        shutil.rmtree(sub, ignore_errors=True)
-
-
-def remove_stale_exports(runtime_dir: Path) -> None:
-    """Remove plaintext exports left by a process that died (its pid no longer exists)."""
-    if not runtime_dir.is_dir():
-        return
-    for sub in runtime_dir.glob(".export-*-*"):
-        try:
-            pid = int(sub.name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            _remove_tree(sub)
-        except PermissionError:
-            pass

@@ -34,12 +34,14 @@ from device_updater._deadline import deadline, expired, watch_session
 
 # The error classes live in device_updater.errors so that the pure failure table
 # (device_updater.outcomes) can name them without importing tuf and requests.
-from device_updater.errors import MetadataExpiredError as MetadataExpiredError
-from device_updater.errors import TargetNotFoundError as TargetNotFoundError
-from device_updater.errors import TrustAnchorMismatchError as TrustAnchorMismatchError
-from device_updater.errors import TufError as TufError
-from device_updater.errors import TufTransportError as TufTransportError
-from device_updater.errors import TufVerificationError as TufVerificationError
+from device_updater.errors import (
+    MetadataExpiredError as MetadataExpiredError,
+    TargetNotFoundError as TargetNotFoundError,
+    TrustAnchorMismatchError as TrustAnchorMismatchError,
+    TufError as TufError,
+    TufTransportError as TufTransportError,
+    TufVerificationError as TufVerificationError,
+)
 from device_updater.http import DeviceAuth
 from edgepkg._atomic import atomic_write_bytes
 

@@ -18,10 +18,10 @@ from device_updater.validation import (
     evaluate_policy,
     load_holdout,
     make_holdout,
+    metrics as mx,
     parse_device_policy,
     run_gate,
 )
-from device_updater.validation import metrics as mx
 from device_updater.validation.contract import compare
 from device_updater.validation.gate import latency_from_pairs, memory_budget
 from device_updater.validation.judge import (

@@ -18,25 +18,27 @@ from update_server import metrics, openapi, web_hygiene
 from update_server.access import require_credentials
 from update_server.alerts import api as alerts_api
 from update_server.approvals import api as approvals_api
-from update_server.audit import api as audit_api
-from update_server.audit import views as _audit_pages  # noqa: F401 (adds dashboard pages)
+from update_server.audit import (
+    api as audit_api,
+    views as _audit_pages,  # noqa: F401 (adds dashboard pages)
+)
 from update_server.config import ServerConfig, load_config
-from update_server.dashboard import charts_api, console
-from update_server.dashboard import views as dashboard
+from update_server.dashboard import charts_api, console, views as dashboard
 from update_server.db import Database, utcnow
-from update_server.devices import api as devices_api
-from update_server.devices import fleet_versions, inventory
+from update_server.devices import api as devices_api, fleet_versions, inventory
 from update_server.errors import Error, TooManyRequestsError
-from update_server.grants import api as grants_api
-from update_server.grants import service as grants_service
+from update_server.grants import api as grants_api, service as grants_service
 from update_server.groups import api as groups_api
-from update_server.operators import accounts_api, auth, oidc
-from update_server.operators import api as operator_api
-from update_server.operators import pages as _account_pages  # noqa: F401 (dashboard pages)
+from update_server.operators import (
+    accounts_api,
+    api as operator_api,
+    auth,
+    oidc,
+    pages as _account_pages,  # noqa: F401 (dashboard pages)
+)
 from update_server.rollouts import api as rollouts_api
 from update_server.services import Services
-from update_server.telemetry import api as telemetry_api
-from update_server.telemetry import metrics as telemetry_metrics
+from update_server.telemetry import api as telemetry_api, metrics as telemetry_metrics
 from update_server.tuf import files as tuf_files
 from update_server.tuf.releases import Release, ReleaseCache
 from update_server.webhooks import api as webhooks_api

@@ -34,8 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from edgepkg._cli_support import CliParser, run_cli
 from update_server import schema
-from update_server.audit import cli as audit_cli
-from update_server.audit import service as audit
+from update_server.audit import cli as audit_cli, service as audit
 from update_server.config import ENV_PREFIX, ServerConfig, load_config
 from update_server.db import Database, utcnow
 from update_server.errors import BadRequestError, Error

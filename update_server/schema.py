@@ -19,8 +19,10 @@ from update_server.devices import models as _device_tables  # noqa: F401
 from update_server.grants import models as _grant_tables  # noqa: F401
 from update_server.groups import models as _group_tables  # noqa: F401
 from update_server.operators import models as _operator_tables  # noqa: F401
-from update_server.rollouts import models as _rollout_tables  # noqa: F401
-from update_server.rollouts import schedule_models as _schedule_tables  # noqa: F401
+from update_server.rollouts import (
+    models as _rollout_tables,  # noqa: F401
+    schedule_models as _schedule_tables,  # noqa: F401
+)
 from update_server.telemetry import models as _telemetry_tables  # noqa: F401
 from update_server.webhooks import models as _webhook_tables  # noqa: F401
 

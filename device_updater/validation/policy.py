@@ -25,8 +25,7 @@ from typing import Any
 
 from device_updater.errors import PolicyError
 from device_updater.validation.result import ValidationResult
-from edgepkg.policy import POLICY_KEYS, PolicySchemaError, parse_policy
-from edgepkg.policy import Policy as _SchemaPolicy
+from edgepkg.policy import POLICY_KEYS, Policy as _SchemaPolicy, PolicySchemaError, parse_policy
 
 __all__ = ["POLICY_KEYS", "Policy", "PolicyDecision", "evaluate_policy", "parse_device_policy"]
 

@@ -13,8 +13,7 @@ from edgepkg.keys._pkcs11_session import module_for
 from edgepkg.keys._uri import Pkcs11Uri, resolve_pin
 
 try:  # python-pkcs11 is the [hsm] extra
-    from pkcs11 import Attribute, ObjectClass
-    from pkcs11 import exceptions as p11e
+    from pkcs11 import Attribute, ObjectClass, exceptions as p11e
 except ImportError:  # pragma: no cover - exercised only without the extra
     pass
 

@@ -31,8 +31,7 @@ from edgepkg.keys._types import SigningAlgorithm
 from edgepkg.keys._uri import Pkcs11Uri, Pkcs11UriError, resolve_pin
 
 try:  # python-pkcs11 is the [hsm] extra
-    from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-    from pkcs11 import exceptions as p11e
+    from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, exceptions as p11e
     from pkcs11.mechanisms import KDF
 except ImportError:  # pragma: no cover - exercised only without the extra
     pass

@@ -18,8 +18,7 @@ from edgepkg.keys._software import (
 from edgepkg.keys._uri import Pkcs11Uri, Pkcs11UriError, resolve_pin
 
 try:  # python-pkcs11 is the [hsm] extra
-    from pkcs11 import Attribute, KeyType, ObjectClass
-    from pkcs11 import exceptions as p11e
+    from pkcs11 import Attribute, KeyType, ObjectClass, exceptions as p11e
 except ImportError:  # pragma: no cover - exercised only without the extra
     pass
 

@@ -21,9 +21,9 @@ from securesystemslib.signer import (
     Key,
     SecretsHandler,
     Signature,
+    Signer as _TufSignerBase,
     SSlibKey,
 )
-from securesystemslib.signer import Signer as _TufSignerBase
 
 from edgepkg.crypto import public_key_id
 from edgepkg.errors import KeyError_

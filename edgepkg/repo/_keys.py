@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from securesystemslib.signer import Key
-from securesystemslib.signer import Signer as SslibSigner
+from securesystemslib.signer import Key, Signer as SslibSigner
 
 from edgepkg import keys
 from edgepkg.errors import UsageError

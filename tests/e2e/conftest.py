@@ -28,8 +28,7 @@ from device_updater.keystore import Keystore, Pkcs11Keystore, load_release_key_p
 from device_updater.status import status
 from device_updater.trial import HealthReport, TrialPolicy
 from device_updater.validator import HoldoutValidator
-from edgepkg import keys as ekeys
-from edgepkg import repo as erepo
+from edgepkg import keys as ekeys, repo as erepo
 from edgepkg.bundle import package_model
 from edgepkg.formats.build import blobs_dataset, onnx_mlp_classifier, train_mlp
 from tests.edgepkg._repo_support import role_keys, write_key, write_public

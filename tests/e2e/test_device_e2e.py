@@ -22,8 +22,7 @@ from device_updater.errors import EnrollmentError
 from device_updater.state import Phase
 from device_updater.status import status
 from device_updater.tuf_client import TrustAnchorMismatchError
-from edgepkg import keys as ekeys
-from edgepkg import repo as erepo
+from edgepkg import keys as ekeys, repo as erepo
 from edgepkg.protocol import Assignment, full_target_name
 from tests.e2e.conftest import MODEL, POLICY, World
 from tests.edgepkg._repo_support import write_key, write_public

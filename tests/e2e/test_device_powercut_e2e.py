@@ -50,8 +50,7 @@ from device_updater.slots import BundleSealer, SlotStore
 from device_updater.state import Phase, UpdateState
 from device_updater.state_store import StateStore
 from device_updater.trial import HealthLog, HealthReport
-from edgepkg import keys as ekeys
-from edgepkg import repo as erepo
+from edgepkg import keys as ekeys, repo as erepo
 from edgepkg.bundle import package_model
 from edgepkg.formats.build import blobs_dataset, onnx_mlp_classifier, train_mlp
 from tests.e2e._powercut_harness import Cut, Run, ThrottledTargets, run_updater

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
-from edgepkg import keys as ekeys
-from edgepkg import repo as erepo
+from edgepkg import keys as ekeys, repo as erepo
 from edgepkg.bundle import open_plaintext, write_bundle
 from edgepkg.cli import main as cli_main
 from edgepkg.errors import RepoError, UsageError

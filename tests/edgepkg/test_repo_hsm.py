@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from tuf.api.metadata import Metadata
 
-from edgepkg import keys as ekeys
-from edgepkg import repo as erepo
+from edgepkg import keys as ekeys, repo as erepo
 from tests.edgepkg._repo_support import make_client, write_key
 
 pytestmark = pytest.mark.softhsm

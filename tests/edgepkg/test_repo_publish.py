@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from tuf.api.metadata import Metadata
 
-from edgepkg import keys as ekeys
-from edgepkg import repo as erepo
+from edgepkg import keys as ekeys, repo as erepo
 from edgepkg.bundle import open_plaintext, write_bundle
 from edgepkg.errors import RepoError
 from tests.edgepkg._repo_support import make_client, role_keys, write_key, write_public

@@ -7,8 +7,7 @@ import datetime as dt
 from sqlalchemy.orm import Session
 
 from tests.update_server._rollout_fixtures import RELEASES, T0, add_device, migrated
-from update_server.alerts import rules as al
-from update_server.alerts import service as alert_service
+from update_server.alerts import rules as al, service as alert_service
 from update_server.devices.models import Event
 from update_server.rollouts import service as svc
 

@@ -11,8 +11,7 @@ import sys
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from update_server.groups import selector as sel
 from update_server.groups.selector import All, And, Compare, Not, Or, SelectorError, Tag

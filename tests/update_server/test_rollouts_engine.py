@@ -6,12 +6,10 @@ import datetime as dt
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from edgepkg.protocol import Version
-from update_server.rollouts import engine as r
-from update_server.rollouts import spec as rs
+from update_server.rollouts import engine as r, spec as rs
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 

@@ -22,8 +22,7 @@ from tests.update_server._rollout_fixtures import (
 from update_server.db import Database
 from update_server.devices.models import Device
 from update_server.errors import BadRequestError, ConflictError, NotFoundError
-from update_server.rollouts import device_path
-from update_server.rollouts import service as svc
+from update_server.rollouts import device_path, service as svc
 from update_server.rollouts.models import Rollout, RolloutDevice
 
 

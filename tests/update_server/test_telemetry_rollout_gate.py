@@ -15,8 +15,7 @@ from sqlalchemy.orm import Session
 from tests.update_server._rollout_fixtures import RELEASES, T0, add_device, migrated, set_version
 from tests.update_server._telemetry_fixtures import report
 from update_server.devices.models import Device
-from update_server.rollouts import device_path
-from update_server.rollouts import service as svc
+from update_server.rollouts import device_path, service as svc
 from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.telemetry import storage
 

@@ -14,8 +14,7 @@ from sqlalchemy.orm import Session
 
 from update_server.approvals.models import RolloutApproval
 from update_server.errors import ConflictError, ForbiddenError
-from update_server.rollouts import engine as eng
-from update_server.rollouts import service as rollouts
+from update_server.rollouts import engine as eng, service as rollouts
 from update_server.rollouts.models import Rollout
 
 

@@ -17,8 +17,7 @@ from sqlalchemy.orm import Session
 
 from edgepkg.protocol import InvalidVersionError, version_key
 from update_server.devices.models import Device, DeviceModel, Event
-from update_server.rollouts import engine as eng
-from update_server.rollouts import service as svc
+from update_server.rollouts import engine as eng, service as svc
 from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.tuf.releases import Release
 

@@ -21,8 +21,7 @@ from sqlalchemy.orm import Session
 from update_server.alerts.api import SILENT_INTERVALS
 from update_server.alerts.service import fleet_alerts
 from update_server.audit.web import record_request
-from update_server.dashboard import charts_api
-from update_server.dashboard import console_data as cd
+from update_server.dashboard import charts_api, console_data as cd
 from update_server.dashboard.console_data import device_rollouts
 from update_server.db import get_session
 from update_server.devices.inventory import DeviceFilter, find_devices

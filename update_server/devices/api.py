@@ -20,13 +20,13 @@ from edgepkg.protocol import (
     ROLLOUT_ID_RE,
     CheckinResponse,
     EnrollResult,
+    Event as ProtocolEvent,
     EventsAck,
     ModelReport,
     parse_event,
     parse_health_report,
     parse_models_report,
 )
-from edgepkg.protocol import Event as ProtocolEvent
 from update_server import _validate as v
 from update_server._crypto import parse_device_public_key
 from update_server.config import ServerConfig

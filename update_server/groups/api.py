@@ -16,8 +16,7 @@ from flask.typing import ResponseReturnValue
 from update_server import _validate as v
 from update_server.db import get_session
 from update_server.errors import BadRequestError
-from update_server.groups import selector as sel
-from update_server.groups import service as gs
+from update_server.groups import selector as sel, service as gs
 from update_server.operators.auth import current_operator, require_operator
 from update_server.services import services
 

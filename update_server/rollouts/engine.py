@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,6 +37,12 @@ from typing import Any, Literal
 from edgepkg.protocol import FAILURE_EVENTS, SUCCESS_EVENTS, InvalidVersionError, Version
 from update_server.errors import BadRequestError, ConflictError
 from update_server.rollouts.field_gate import FieldGate
+from update_server.rollouts.membership import (  # re-exported for the service and tests
+    in_stage as in_stage,
+    stage_cutoff as stage_cutoff,
+    stage_members as stage_members,
+    stage_of as stage_of,
+)
 
 RUNNING = "running"
 PAUSED = "paused"
@@ -184,40 +188,6 @@ class Assignment:
 
 
 # --- membership ------------------------------------------------------------------------------
-
-
-def stage_of(device_id: str, rollout_id: str) -> float:
-    """Where the device falls in ``[0, 1)`` for this rollout: same on every node, every run."""
-    digest = hashlib.sha256(f"edgepkg-rollout\n{rollout_id}\n{device_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def stage_cutoff(device_ids: Iterable[str], rollout_id: str, percent: float) -> float:
-    """The cutoff admitting exactly ``ceil(N * percent / 100)`` of ``device_ids``.
-
-    100 % gives 1.0 (every device, also the ones enrolled later); 0 devices give a cutoff that
-    admits a share ``percent`` of later devices on average.
-    """
-    if percent >= 100:
-        return 1.0
-    hashes = sorted({stage_of(d, rollout_id) for d in set(device_ids)})
-    n = len(hashes)
-    if n == 0:
-        return percent / 100.0
-    k = math.ceil(n * percent / 100.0 - 1e-9)
-    if k <= 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    return (hashes[k - 1] + hashes[k]) / 2.0
-
-
-def in_stage(device_id: str, rollout_id: str, cutoff: float) -> bool:
-    return stage_of(device_id, rollout_id) < cutoff
-
-
-def stage_members(device_ids: Iterable[str], rollout_id: str, cutoff: float) -> list[str]:
-    return sorted(d for d in set(device_ids) if in_stage(d, rollout_id, cutoff))
 
 
 def next_cutoff(

@@ -16,8 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from update_server.devices.models import Device
-from update_server.rollouts import engine as eng
-from update_server.rollouts import field_gate as fg
+from update_server.rollouts import engine as eng, field_gate as fg
 from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.telemetry.cohort import cohort_sample
 

@@ -27,12 +27,15 @@ from update_server.db import utcnow
 from update_server.devices.models import Device, DeviceModel
 from update_server.errors import ConflictError, NotFoundError
 from update_server.groups.service import group_node, selector_admits
-from update_server.rollouts import engine as eng
-from update_server.rollouts import field_gate as fg
+from update_server.rollouts import engine as eng, field_gate as fg
 from update_server.rollouts.field_check import field_gate_result, with_field_gate
 from update_server.rollouts.models import Rollout, RolloutDevice
 from update_server.rollouts.schedule import parse_schedule, save_schedule, schedule_json
 from update_server.rollouts.spec import parse_spec
+from update_server.rollouts.targets import (  # re-exported: the device path uses them
+    delta_target as delta_target,
+    full_target as full_target,
+)
 from update_server.services import services
 from update_server.tuf.releases import Release
 from update_server.webhooks import service as webhooks
@@ -141,33 +144,6 @@ def candidate_ids(session: Session, spec: eng.RolloutSpec) -> list[str]:
         elif current != spec.version:
             out.append(dev_id)
     return out
-
-
-def _releases_by_target(releases: Sequence[Release]) -> dict[str, Release]:
-    return {r.target_path: r for r in releases}
-
-
-def full_target(releases: Sequence[Release], model: str, version: str) -> Release | None:
-    for r in releases:
-        if r.kind == "full" and r.name == model and r.version == version:
-            return r
-    return None
-
-
-def delta_target(
-    releases: Sequence[Release], model: str, version: str, base: str | None
-) -> Release | None:
-    if base is None:
-        return None
-    for r in releases:
-        if (
-            r.kind == "delta"
-            and r.name == model
-            and r.version == version
-            and (r.base_version == base)
-        ):
-            return r
-    return None
 
 
 # --- operator actions ------------------------------------------------------------------------

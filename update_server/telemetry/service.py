@@ -22,8 +22,11 @@ from update_server.config import ServerConfig
 from update_server.db import Database
 from update_server.devices.models import Device
 from update_server.telemetry import rules, storage
-from update_server.telemetry.models import TelemetryAlert, TelemetryBaseline
-from update_server.telemetry.models import TelemetryReport as ReportRow
+from update_server.telemetry.models import (
+    TelemetryAlert,
+    TelemetryBaseline,
+    TelemetryReport as ReportRow,
+)
 from update_server.webhooks import service as webhooks
 
 log = logging.getLogger("update_server.telemetry")

@@ -26,10 +26,8 @@ from update_server.errors import Error
 from update_server.telemetry.models import (
     TelemetryInterval,
     TelemetryQuota,
-    TelemetryRollup,
-)
-from update_server.telemetry.models import (
     TelemetryReport as ReportRow,
+    TelemetryRollup,
 )
 
 _reports = cast(Table, ReportRow.__table__)
